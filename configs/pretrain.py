@@ -1,0 +1,85 @@
+r"""MaRS pretraining configs: ``--config=configs/pretrain.py:VARIANT``.
+
+  tiny   laptop CPU in seconds: 64x64 pairs, patch 8, 2-layer 64-d encoders, 2 MMA layers
+  small  ViT-S/16 encoders, 256x256
+  base   ViT-B/16 encoders (~86M parameters each), 512x512, 4 MMA layers, 60% mask: the
+         paper's pretraining shape with ViT encoders
+  large  ViT-L/16 encoders, 512x512
+
+Anything can be overridden on the command line, e.g. ``--config.model.mask_ratio=0.75``.
+"""
+
+import ml_collections
+
+VARIANTS = ("tiny", "small", "base", "large")
+
+_ENCODER = {  # width, depth, heads, mlp (ViT-S / B / L for the named sizes)
+    "tiny": (64, 2, 2, 256),
+    "small": (384, 12, 6, 1536),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+}
+_DECODER = {  # light MAE-style decoders
+    "tiny": (32, 1, 2, 128),
+    "small": (256, 4, 8, 1024),
+    "base": (512, 4, 16, 2048),
+    "large": (512, 8, 16, 2048),
+}
+_SHAPE = {  # image size, patch size, MMA layers, global batch
+    "tiny": (64, 8, 2, 8),
+    "small": (256, 16, 4, 256),
+    "base": (512, 16, 4, 1024),
+    "large": (512, 16, 6, 1024),
+}
+
+
+def _transformer(width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown pretrain config variant {variant!r}; choose from {VARIANTS}")
+    image_size, patch_size, mma_layers, batch_size = _SHAPE[variant]
+
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+    config.seed = 0
+
+    config.input = ml_collections.ConfigDict()
+    config.input.image_size = image_size
+    config.input.batch_size = batch_size  # global batch, pairs per step
+
+    # Fields of mars_jax.models.MaRSConfig; unknown keys are rejected when the model is built.
+    config.model = ml_collections.ConfigDict()
+    config.model.encoder = _transformer(*_ENCODER[variant])
+    config.model.decoder = _transformer(*_DECODER[variant])
+    config.model.mma_layers = mma_layers
+    config.model.mma_norm = "post"  # the paper's T = LN(H(T) + T); "pre" is the option
+    config.model.patch_size = patch_size
+    config.model.optical_channels = 3
+    config.model.sar_channels = 1  # VV or HH
+    config.model.mask_ratio = 0.6
+    config.model.projection_dim = 0  # >0: per-modality linear projection before CGCL
+    config.model.optical_mean = (0.485, 0.456, 0.406)  # of RGB / 255
+    config.model.optical_std = (0.229, 0.224, 0.225)
+    config.model.sar_db_mean = (-12.0,)  # per SAR channel, dB
+    config.model.sar_db_std = (6.0,)
+    config.model.dtype = "float32"  # "bfloat16": bf16 compute, float32 parameters
+    config.model.param_dtype = "float32"
+    config.model.attention_impl = ml_collections.config_dict.placeholder(str)  # None: XLA picks
+
+    # L = L_mim_rgb + L_mim_sar + cgcl_weight * (alpha L_patch + beta L_global + gamma L_cross)
+    config.loss = ml_collections.ConfigDict()
+    config.loss.cgcl_weight = 1.0
+    config.loss.tau_patch = 0.05
+    config.loss.tau_global = 0.07
+    config.loss.tau_cross = 0.1
+    config.loss.alpha = 1.0
+    config.loss.beta = 1.0
+    config.loss.gamma = 1.0
+    config.loss.mim_type = "l2"  # or "l1"
+    config.loss.norm_pix = True  # per-patch normalised MIM targets
+    return config

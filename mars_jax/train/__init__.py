@@ -1,0 +1,1 @@
+"""Composes models, losses and data into runnable jobs."""

@@ -1,0 +1,58 @@
+"""The pretraining objective: L = L_mim_rgb + L_mim_sar + lambda * L_cgcl."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from mars_jax.losses import cgcl_loss, mim_loss, modality_alignment_score
+from mars_jax.models import MaRSOutput
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    cgcl_weight: float = 1.0  # lambda
+    tau_patch: float = 0.05
+    tau_global: float = 0.07
+    tau_cross: float = 0.1
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    mim_type: str = "l2"
+    norm_pix: bool = True
+
+    def __post_init__(self):
+        if self.mim_type not in ("l1", "l2"):
+            raise ValueError(f"loss config: mim_type must be 'l1' or 'l2', got {self.mim_type!r}")
+        for name in ("tau_patch", "tau_global", "tau_cross"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"loss config: {name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> LossConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"loss config: unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+def pretraining_loss(out: MaRSOutput, cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Total loss and every term (plus the Modality Alignment Score) for logging."""
+    weights = out.masking.mask * out.patch_valid  # masked patches with data in both modalities
+    mim = dict(norm_pix=cfg.norm_pix, loss_type=cfg.mim_type)
+    mim_rgb = mim_loss(out.pred_rgb, out.target_rgb, weights, **mim)
+    mim_sar = mim_loss(out.pred_sar, out.target_sar, weights, **mim)
+    cgcl, terms = cgcl_loss(out.e_rgb, out.e_sar, tau_patch=cfg.tau_patch,
+                            tau_global=cfg.tau_global, tau_cross=cfg.tau_cross,
+                            alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma)
+    total = mim_rgb + mim_sar + cfg.cgcl_weight * cgcl
+    metrics = {"loss": total, "mim_rgb": mim_rgb, "mim_sar": mim_sar, "cgcl": cgcl,
+               **{f"cgcl_{k}": v for k, v in terms.items()}}
+    b, n, _ = out.z_rgb.shape
+    if b * n >= 2:
+        metrics["mas"] = modality_alignment_score(out.e_rgb, out.e_sar)
+    return total, metrics

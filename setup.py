@@ -1,0 +1,37 @@
+"""mars_jax: MaRS-style optical + SAR foundation models in JAX / Flax NNX."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = next(line.split('"')[1] for line in
+               (ROOT / "mars_jax" / "__init__.py").read_text().splitlines()
+               if line.startswith("__version__"))
+
+setup(
+    name="mars_jax",
+    version=version,
+    description="JAX/Flax trainer for multi-modal (optical + SAR) very-high-resolution "
+                "remote-sensing foundation models (MaRS)",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mars_jax", "mars_jax.*"]),
+    install_requires=[
+        "jax>=0.10,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.8",
+        "ml-collections>=1.0",
+        "einops>=0.8",
+        "clu>=0.0.12",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+    },
+)

@@ -1,0 +1,12 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/ is a folder of files, not an installed package
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
