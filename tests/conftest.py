@@ -10,3 +10,10 @@ sys.path.insert(0, str(ROOT))  # configs/ is a folder of files, not an installed
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def pytest_configure(config):
+    # grain worker processes read absl flags; under pytest nobody parses them.
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()
