@@ -30,6 +30,14 @@ setup(
         "clu>=0.0.12",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "array-record>=0.5",  # shard files (grain reads them)
+        "msgpack>=1.0",  # record encoding
+        "importlib_resources>=6",  # TFDS builders outside TFDS's own package tree
+        "rasterio>=1.3",  # GeoTIFF ingestion
+        "pillow>=10",  # PNG / JPEG ingestion, previews
+        "tqdm>=4.60",  # progress bars
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "portpicker>=1.5",  # free ports for local multi-process runs
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],

@@ -31,6 +31,12 @@ _SHAPE = {  # image size, patch size, MMA layers, global batch
     "base": (512, 16, 4, 1024),
     "large": (512, 16, 6, 1024),
 }
+_SCHEDULE = {  # total steps, warmup steps, log every, checkpoint every
+    "tiny": (60, 10, 10, 30),
+    "small": (100_000, 5_000, 50, 1_000),
+    "base": (200_000, 10_000, 50, 1_000),
+    "large": (200_000, 10_000, 50, 1_000),
+}
 
 
 def _transformer(width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
@@ -43,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown pretrain config variant {variant!r}; choose from {VARIANTS}")
     image_size, patch_size, mma_layers, batch_size = _SHAPE[variant]
+    total_steps, warmup_steps, log_every, checkpoint_every = _SCHEDULE[variant]
 
     config = ml_collections.ConfigDict()
     config.variant = variant
@@ -82,4 +89,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.gamma = 1.0
     config.loss.mim_type = "l2"  # or "l1"
     config.loss.norm_pix = True  # per-patch normalised MIM targets
+
+    # Fields of mars_jax.train.optim.OptimConfig. MAE's rule: lr = 1.5e-4 * batch / 256.
+    config.total_steps = total_steps
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 1.5e-4 * max(batch_size, 256) / 256
+    config.optim.end_learning_rate_fraction = 0.0
+    config.optim.warmup_steps = warmup_steps
+    config.optim.weight_decay = 0.05
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.95
+    config.optim.eps = 1e-8
+    config.optim.clip_norm = 1.0
+    config.optim.grad_accum_steps = 1
+
+    # Device mesh (-1: all remaining devices) and logical-axis -> mesh-axis rules. FSDP shards
+    # parameters and optimiser state along their `embed` axis; tensor parallelism splits heads
+    # and MLP hidden units.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+                             ("kv", None), ("patch", None))
+
+    # Input: "synth" streams SynthVHR (no preparation), "shards" reads ingested ArrayRecord
+    # shards (python -m mars_jax.data.ingest), "tfds" a prepared TFDS dataset.
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "synth"
+    config.data.synth_size = 2 * image_size if variant == "tiny" else image_size
+    config.data.shards_dir = ""
+    config.data.tfds_name = ""
+    config.data.tfds_split = "train"
+    config.data.tfds_data_dir = ""
+    config.data.flips = True
+    config.data.rotations = True
+    config.data.workers = 0  # grain worker processes (0: in the main process)
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = checkpoint_every
+    config.checkpoint.keep = 3
+    config.checkpoint.async_save = True
+
+    config.log = ml_collections.ConfigDict()
+    config.log.every_steps = log_every
+    config.log.images_every_steps = checkpoint_every
+    config.log.progress = True
+    config.log.tensorboard = True
     return config

@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+# 8 simulated CPU devices for the sharding tests; set before anything imports jax.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import pytest
 

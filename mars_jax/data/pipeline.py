@@ -129,27 +129,63 @@ def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+class ProcessRows(grain.MapDataset):
+    """This process's rows of each global batch of a (shuffled, augmented) example stream.
+
+    Global batch ``k`` is stream elements ``[k B, (k + 1) B)``; process ``p`` of ``P`` takes
+    rows ``[p B/P, (p + 1) B/P)`` of it. The global batch is therefore the same for any
+    process count, and ``jax.make_array_from_process_local_data`` reassembles it in order.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch_size: int, process_index: int,
+                 process_count: int):
+        super().__init__(parent)
+        self._global = global_batch_size
+        self._local = per_process_batch_size(global_batch_size, process_count)
+        self._offset = process_index * self._local
+        self._length = (len(parent) // global_batch_size) * self._local
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        batch, row = divmod(index, self._local)
+        return batch * self._global + self._offset + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(i) for i in indices])
+
+    def __str__(self) -> str:
+        return f"ProcessRows(offset={self._offset}, local={self._local}, global={self._global})"
+
+
 def make_pipeline(
     source: Source, *, global_batch_size: int, seed: int = 0, keys: Sequence[str] = PRETRAIN_KEYS,
     crop_size: int | None = None, flips: bool = True, rotations: bool = True,
     shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
     process_count: int = 1, worker_count: int = 0, worker_buffer_size: int = 2,
-    drop_remainder: bool = True, check_contract: bool = True,
+    check_contract: bool = True,
 ) -> grain.IterDataset:
     """The training input pipeline for this process.
 
-    Each process reads a disjoint slice of the source (every ``process_count``-th example),
-    reshuffled every epoch (``num_epochs=None`` repeats forever) and batched to
-    ``global_batch_size / process_count``. Augmentation randomness is keyed on the seed and
-    the element index, so the batches do not depend on ``worker_count``.
+    One global example stream (shuffled per epoch with ``seed``, ``num_epochs=None`` repeats
+    forever, augmented with randomness keyed on the seed and the stream position) is cut into
+    global batches; each process reads and decodes only its own rows of each batch. Batches
+    therefore depend neither on ``process_count`` nor on ``worker_count``. Incomplete global
+    batches at the end of the stream are dropped.
     """
     batch_size = per_process_batch_size(global_batch_size, process_count)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if len(source) < process_count:
-        raise ValueError(f"source of {len(source)} examples cannot feed {process_count} processes")
+    if len(source) < global_batch_size:
+        raise ValueError(f"source of {len(source)} examples cannot fill a global batch of "
+                         f"{global_batch_size}")
     ds = grain.MapDataset.source(source).seed(seed)
-    ds = ds[process_index::process_count]
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
@@ -158,7 +194,8 @@ def make_pipeline(
         ds = ds.map(CheckPretraining())
     if crop_size is not None or flips or rotations:
         ds = ds.random_map(PairedAugment(crop_size, flips, rotations))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ProcessRows(ds, global_batch_size, process_index, process_count)
+    ds = ds.batch(batch_size, drop_remainder=True)
     iter_ds = ds.to_iter_dataset()
     if worker_count > 0:
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
