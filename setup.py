@@ -40,6 +40,6 @@ setup(
         "portpicker>=1.5",  # free ports for local multi-process runs
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scipy>=1.10"],
     },
 )

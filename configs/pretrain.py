@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.workers = 0  # grain worker processes (0: in the main process)
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = checkpoint_every
+    config.checkpoint.every_steps = checkpoint_every  # and at the end; 0: only on SIGTERM
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
 

@@ -2,10 +2,13 @@ import os
 import sys
 from pathlib import Path
 
-# 8 simulated CPU devices for the sharding tests; set before anything imports jax.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import pytest
+
+# 8 simulated CPU devices for the sharding tests, and less LLVM optimisation: the tests'
+# programs are tiny and compiling dominates (about 30% faster). Set before jax is imported.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS",
+                      f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ is a folder of files, not an installed package

@@ -59,13 +59,13 @@ def test_forward_job_reports_consistent_losses():
 def test_main_command_line(repo_root):
     ok = subprocess.run(
         [sys.executable, "-m", "mars_jax.main", "--config=configs/pretrain.py:tiny",
-         "--config.input.batch_size=2"],
+         "--mode=forward", "--config.input.batch_size=2"],
         cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "losses: loss=" in ok.stdout and "2 pairs of 64x64" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "mars_jax.main", "--config=configs/pretrain.py:tiny",
-         "--config.model.mask_ratoi=0.5"],
+         "--mode=forward", "--config.model.mask_ratoi=0.5"],
         cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "mask_ratoi" in bad.stderr
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -204,53 +203,38 @@ class MetricLogger:
 
 # -- accumulation ----------------------------------------------------------------------------
 
-Averages = dict[str, clu_metrics.Average]
-
-
-@jax.jit
-def _merge(averages: Averages, values: Mapping[str, jax.Array]) -> Averages:
-    """One dispatch for all keys; the sums stay on device, nothing waits for the step."""
-    return {name: averages[name].merge(
-                clu_metrics.Average.from_model_output(jnp.asarray(values[name], jnp.float32)))
-            for name in values}
-
-
-@jax.jit
-def _means(averages: Averages) -> dict[str, jax.Array]:
-    return {name: average.compute() for name, average in averages.items()}
-
-
 class MetricAccumulator:
-    """Means of per-step scalar metrics over a logging interval (one ``Average`` per key).
+    """Means of per-step scalar metrics over a logging interval (one clu ``Average`` per key).
 
-    Keys may come and go between steps: each is averaged over the steps that reported it.
-    Values may be device arrays: they are summed on device, fetched only by :meth:`compute`.
+    The trainer has already fetched each step's scalars to the host (to check they are
+    finite), so values are kept on the host and reduced once per interval: per-step device
+    dispatches would cost more than a small model's step. Keys may come and go between
+    steps: each is averaged over the steps that reported it.
     """
 
     def __init__(self):
-        self._averages: Averages = {}
+        self._values: dict[str, list[float]] = {}
 
     def update(self, metrics: Mapping[str, Any]) -> None:
         for name, value in metrics.items():
             if np.ndim(value) != 0:
                 raise ValueError(f"metric {name!r} must be a scalar, got shape "
                                  f"{np.shape(value)}")
-        current = {name: self._averages.get(name, clu_metrics.Average.empty())
-                   for name in metrics}
-        self._averages.update(_merge(current, dict(metrics)))
+        for name, value in jax.device_get(dict(metrics)).items():
+            self._values.setdefault(name, []).append(float(value))
 
     def compute(self) -> dict[str, float]:
         """The interval means as Python floats (empty before the first update)."""
-        if not self._averages:
-            return {}
-        return {name: float(mean) for name, mean in jax.device_get(_means(self._averages)).items()}
+        return {name: float(clu_metrics.Average.from_model_output(
+                    np.asarray(values, np.float32)).compute())
+                for name, values in self._values.items()}
 
     def reset(self) -> None:
-        self._averages = {}
+        self._values = {}
 
     def __len__(self) -> int:
         """Number of keys seen since the last reset."""
-        return len(self._averages)
+        return len(self._values)
 
 
 # -- console ---------------------------------------------------------------------------------

@@ -322,7 +322,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                     accumulator.update(_check_finite(*pending, checkpointer.latest_step()))
                 pending = (step, metrics)
 
-                save = step % config.checkpoint.every_steps == 0 or step == total
+                every = config.checkpoint.every_steps  # 0: no checkpoints but on SIGTERM
+                save = bool(every) and (step % every == 0 or step == total)
                 stopping = _sync_flag(stop.received)
                 log_now = step % config.log.every_steps == 0 or save or stopping
                 if log_now or save:
@@ -369,8 +370,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
     if is_main:
         terms = " ".join(f"{k}={last[k]:.4f}" for k in
                          ("loss", "mim_rgb", "mim_sar", "cgcl", "mas") if k in last)
+        saved = checkpointer.latest_step()
         log(f"done at step {step}/{total}: {terms}\n"
-            f"  checkpoint: {checkpointer.directory}/{checkpointer.latest_step()}\n"
+            f"  checkpoint: {f'{checkpointer.directory}/{saved}' if saved else 'none saved'}\n"
             f"  logs: {workdir / 'metrics.jsonl'}, {workdir / 'tensorboard'}, "
             f"{workdir / 'images'}")
     return last

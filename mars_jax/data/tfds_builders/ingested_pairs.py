@@ -48,10 +48,9 @@ def read_summary(ingest_dir: str | Path) -> dict[str, Any]:
 def _feature(spec: dict[str, Any]) -> tfds.features.FeatureConnector:
     if spec["dtype"] == "str":
         return tfds.features.Text()
-    shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
-    if len(shape) >= 2:
-        return dense(shape, dtype)
-    return tfds.features.Tensor(shape=shape, dtype=dtype)
+    # Always byte-encoded: tf.train.Example float lists would round float64 (e.g. UTM
+    # transforms) to float32.
+    return dense(tuple(spec["shape"]), np.dtype(spec["dtype"]))
 
 
 def is_validation_scene(scene_id: str, fraction: float) -> bool:

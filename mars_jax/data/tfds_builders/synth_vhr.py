@@ -34,9 +34,9 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _render_options(task: str) -> dict[str, bool]:
+    """Only skips the extras a task does not store: scene ``i`` is the same in every config."""
     return {"with_t2": task in ("damage", "change"),
-            "with_registration": task == "registration",
-            "small_objects": task == "detection"}
+            "with_registration": task == "registration"}
 
 
 @dataclasses.dataclass
