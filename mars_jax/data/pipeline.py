@@ -96,7 +96,7 @@ class PairedAugment(grain.transforms.RandomMap):
             value = value[top:top + crop_h, left:left + crop_w]
             if flip:
                 value = value[:, ::-1]
-            return np.ascontiguousarray(np.rot90(value, turns, axes=(0, 1)))
+            return np.rot90(value, turns, axes=(0, 1))  # a view: batching makes the copy
 
         return {k: transform(v) if _is_spatial(v, (h, w)) else v for k, v in example.items()}
 
@@ -169,7 +169,7 @@ def make_pipeline(
     crop_size: int | None = None, flips: bool = True, rotations: bool = True,
     shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
     process_count: int = 1, worker_count: int = 0, worker_buffer_size: int = 2,
-    check_contract: bool = True,
+    read_threads: int = 16, check_contract: bool = True,
 ) -> grain.IterDataset:
     """The training input pipeline for this process.
 
@@ -177,7 +177,8 @@ def make_pipeline(
     forever, augmented with randomness keyed on the seed and the stream position) is cut into
     global batches; each process reads and decodes only its own rows of each batch. Batches
     therefore depend neither on ``process_count`` nor on ``worker_count``. Incomplete global
-    batches at the end of the stream are dropped.
+    batches at the end of the stream are dropped. ``read_threads`` threads per process (or
+    worker) read and transform elements ahead of use.
     """
     batch_size = per_process_batch_size(global_batch_size, process_count)
     if not 0 <= process_index < process_count:
@@ -196,7 +197,7 @@ def make_pipeline(
         ds = ds.random_map(PairedAugment(crop_size, flips, rotations))
     ds = ProcessRows(ds, global_batch_size, process_index, process_count)
     ds = ds.batch(batch_size, drop_remainder=True)
-    iter_ds = ds.to_iter_dataset()
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
     if worker_count > 0:
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))

@@ -1,9 +1,12 @@
 """Example <-> bytes, and ArrayRecord shards of examples.
 
 An example is a flat ``dict[str, np.ndarray]`` (scalars become 0-d arrays, strings 0-d unicode
-arrays). Each record is a msgpack map ``{key: [dtype, shape, zlib(raw bytes)]}``: no TensorFlow,
-exact round trip of dtype and shape, fast to decode. Shards are written under a temporary name
-and renamed when closed, so a crash never leaves a half-written shard under a final name.
+arrays). Each record is a msgpack map ``{key: [dtype, shape, codec, bytes]}``: no TensorFlow,
+exact round trip of dtype and shape, fast to decode. ``codec`` is ``"zlib"`` where compression
+saves at least a quarter of the bytes (RGB, masks, labels) and ``"raw"`` otherwise: speckled SAR
+in float32 barely compresses (~10%) and would cost more to inflate than to read. Shards are
+written under a temporary name and renamed when closed, so a crash never leaves a half-written
+shard under a final name.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 SHARD_SUFFIX = ".array_record"
 _TMP_SUFFIX = ".tmp"
 _COMPRESSION_LEVEL = 1  # decode speed matters more than the last few percent of bytes
+_WORTH_COMPRESSING = 0.75  # keep the zlib form only below this fraction of the raw size
 
 
 def encode_example(example: Mapping[str, Any]) -> bytes:
@@ -29,16 +33,22 @@ def encode_example(example: Mapping[str, Any]) -> bytes:
         arr = np.asarray(value)
         if arr.dtype.kind == "O":
             raise TypeError(f"example key {key!r}: object arrays cannot be stored")
-        out[key] = [arr.dtype.str, list(arr.shape),
-                    zlib.compress(arr.tobytes(order="C"), _COMPRESSION_LEVEL)]
+        raw = arr.tobytes(order="C")
+        packed = zlib.compress(raw, _COMPRESSION_LEVEL)
+        codec, payload = (("zlib", packed) if len(packed) < _WORTH_COMPRESSING * len(raw)
+                          else ("raw", raw))
+        out[key] = [arr.dtype.str, list(arr.shape), codec, payload]
     return msgpack.packb(out, use_bin_type=True)
 
 
 def decode_example(data: bytes) -> dict[str, np.ndarray]:
     out = {}
-    for key, (dtype, shape, payload) in msgpack.unpackb(data, raw=False).items():
-        out[key] = np.frombuffer(zlib.decompress(payload), dtype=np.dtype(dtype)).reshape(
-            tuple(shape))
+    for key, (dtype, shape, codec, payload) in msgpack.unpackb(data, raw=False).items():
+        if codec == "zlib":
+            payload = zlib.decompress(payload)
+        elif codec != "raw":
+            raise ValueError(f"record key {key!r}: unknown codec {codec!r}")
+        out[key] = np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(tuple(shape))
     return out
 
 
