@@ -15,6 +15,7 @@ from mars_jax.models.decoder import MIMDecoder
 from mars_jax.models.mma import MetaModalityAttention
 from mars_jax.models.patches import Masking, no_masking, patchify, random_masking
 from mars_jax.models.vit import ViTEncoder, check_image
+from mars_jax.typed_config import check_known_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +92,7 @@ class MaRSConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> MaRSConfig:
         """Builds from a (ConfigDict-derived) mapping; unknown keys are an error, not ignored."""
         values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown keys {unknown}; known keys: {sorted(known)}")
+        check_known_keys(cls, values, "model")
         for name in ("encoder", "decoder"):
             if name in values and not isinstance(values[name], TransformerSpec):
                 spec = dict(values[name])

@@ -10,6 +10,7 @@ import jax
 
 from mars_jax.losses import cgcl_loss, mim_loss, modality_alignment_score
 from mars_jax.models import MaRSOutput
+from mars_jax.typed_config import from_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +34,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LossConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"loss config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "loss")
 
 
 def pretraining_loss(out: MaRSOutput, cfg: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import optax
 
+from mars_jax.typed_config import from_mapping
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -28,11 +30,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> OptimConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"optim config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, "optim")
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

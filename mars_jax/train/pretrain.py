@@ -190,7 +190,7 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
             (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics),
                                                (jnp.arange(1, accum), rest))
             grads, metrics = jax.tree.map(lambda x: x / accum, (grads, metrics))
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), metrics
 
