@@ -135,3 +135,17 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < bad_step  # the bad state was never saved
     assert f"Last good checkpoint: step {max(saved)}" in str(err.value)
+
+
+def test_summary_mode_reports_parameters_flops_and_memory():
+    from mars_jax.train.forward import build_model, count_parameters
+    from mars_jax.train.summary import print_summary
+
+    config = small_config()
+    lines = []
+    result = print_summary(config, log=lines.append, devices=jax.devices()[:1])
+    assert result["parameters"] == count_parameters(build_model(config))["total"]
+    assert result["train_flops_per_step"] > 0 and result["temp_bytes_per_device"] > 0
+    # parameters + two Adam moments (+ a few scalars)
+    assert 3 * 4 * result["parameters"] <= result["state_bytes"] < 3 * 4 * result["parameters"] + 64
+    assert any("train FLOPs per step" in line for line in lines)

@@ -19,12 +19,12 @@ from mars_jax.train.pretrain import make_plan, make_train_step, model_and_optimi
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def print_summary(config: ml_collections.ConfigDict, *, log=print, compile_step: bool = True
-                  ) -> dict:
-    plan = make_plan(config)
+def print_summary(config: ml_collections.ConfigDict, *, log=print, compile_step: bool = True,
+                  devices: list[jax.Device] | None = None) -> dict:
+    plan = make_plan(config, devices)
     graphdef, abstract, shardings, _ = model_and_optimizer(
         plan, config.seed, int(config.total_steps))
     model, optimizer = nnx.merge(graphdef, abstract)
