@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.gamma = 1.0
     config.loss.mim_type = "l2"  # or "l1"
     config.loss.norm_pix = True  # per-patch normalised MIM targets
+    config.loss.cgcl_impl = "dense"  # "blockwise": streamed logits, memory linear in B*N
+    config.loss.cgcl_chunk_size = 4096
 
     # Fields of mars_jax.train.optim.OptimConfig. MAE's rule: lr = 1.5e-4 * batch / 256.
     config.total_steps = total_steps

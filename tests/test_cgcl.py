@@ -133,3 +133,17 @@ def test_mas_extremes():
     assert float(modality_alignment_score(collapsed, collapsed)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="at least 2 patches"):
         modality_alignment_score(jnp.ones((1, 1, 8)), jnp.ones((1, 1, 8)))
+
+
+@pytest.mark.parametrize("chunk", [5, 12, 64])
+def test_blockwise_impl_equals_dense(chunk):
+    zr, zs = correlated_pair((3, 4, 8), seed=7, dtype=np.float32)
+    kw = dict(tau_patch=0.2, tau_global=0.3, tau_cross=0.4, alpha=0.5, beta=1.5, gamma=0.7)
+    dense_total, dense = cgcl_loss(jnp.asarray(zr), jnp.asarray(zs), **kw)
+    total, terms = cgcl_loss(jnp.asarray(zr), jnp.asarray(zs), impl="blockwise",
+                             chunk_size=chunk, **kw)
+    np.testing.assert_allclose(total, dense_total, rtol=1e-5)
+    for name in dense:
+        np.testing.assert_allclose(terms[name], dense[name], rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="'dense' or 'blockwise'"):
+        cgcl_loss(jnp.asarray(zr), jnp.asarray(zs), impl="ring")

@@ -8,9 +8,9 @@ two modalities, g_i = mean_j z_ij the image embeddings and M = B*N:
   L_cross  = 1/(2M) sum_{ij} [ -log softmax_k s(z^R_ij, g^S_k)/tau_c  - log softmax_k
                                s(z^S_ij, g^R_k)/tau_c ]                    at k = i
 
-Negatives span the whole batch given (all M SAR patches for L_patch). This is the dense
-formulation: it materialises the M x M patch logits, which is right for per-device batches;
-global batches at scale need the blockwise form.
+Negatives span the whole batch given (all M SAR patches for L_patch). The dense formulation
+here materialises the M x M patch logits; ``impl="blockwise"`` (cgcl_blockwise.py) streams them
+with memory linear in M, for global batches at scale.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _compute_dtype(x: jax.Array) -> jnp.dtype:
+def compute_dtype(x: jax.Array) -> jnp.dtype:
     """float32 for bf16 / fp16 / fp32 inputs, float64 for float64 ones (gradient checks)."""
     return jnp.promote_types(x.dtype, jnp.float32)
 
@@ -40,7 +40,7 @@ def info_nce(queries: jax.Array, keys: jax.Array, labels: jax.Array, tau: float,
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
-def _check_pair(z_rgb: jax.Array, z_sar: jax.Array) -> None:
+def check_pair(z_rgb: jax.Array, z_sar: jax.Array) -> None:
     if z_rgb.ndim != 3 or z_rgb.shape != z_sar.shape:
         raise ValueError(
             "CGCL needs z_rgb and z_sar of one shape [B, N, D], got "
@@ -52,18 +52,31 @@ def _check_pair(z_rgb: jax.Array, z_sar: jax.Array) -> None:
 def cgcl_loss(
     z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch: float = 0.05, tau_global: float = 0.07,
     tau_cross: float = 0.1, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
-    precision=HIGHEST,
+    precision=HIGHEST, impl: str = "dense", chunk_size: int = 4096, key_dtype=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns ``(alpha*patch + beta*global + gamma*cross, {"patch", "global", "cross"})``.
 
     z_rgb, z_sar: [B, N, D], any float dtype; computed in float32 (float64 stays float64).
+    ``impl="blockwise"`` streams the logits in ``chunk_size`` blocks with recomputation in the
+    backward pass (memory linear in B*N; see cgcl_blockwise.py), optionally with ``key_dtype``
+    matmul operands; ``"dense"`` materialises them (``precision`` applies to it).
     """
-    _check_pair(z_rgb, z_sar)
+    if impl == "blockwise":
+        from mars_jax.losses.cgcl_blockwise import blockwise_cgcl_terms
+
+        terms = blockwise_cgcl_terms(z_rgb, z_sar, tau_patch=tau_patch, tau_global=tau_global,
+                                     tau_cross=tau_cross, chunk_size=chunk_size,
+                                     key_dtype=key_dtype)
+        total = alpha * terms["patch"] + beta * terms["global"] + gamma * terms["cross"]
+        return total, terms
+    if impl != "dense":
+        raise ValueError(f"CGCL impl must be 'dense' or 'blockwise', got {impl!r}")
+    check_pair(z_rgb, z_sar)
     for name, tau in (("tau_patch", tau_patch), ("tau_global", tau_global),
                       ("tau_cross", tau_cross)):
         if not tau > 0:
             raise ValueError(f"{name} must be positive, got {tau}")
-    dtype = _compute_dtype(z_rgb)
+    dtype = compute_dtype(z_rgb)
     zr, zs = z_rgb.astype(dtype), z_sar.astype(dtype)
     b, n, d = zr.shape
     r = l2_normalize(zr).reshape(b * n, d)
@@ -88,12 +101,12 @@ def modality_alignment_score(z_rgb: jax.Array, z_sar: jax.Array) -> jax.Array:
     up to 2 when co-located patches coincide and others are opposite. Linear in M: the mean
     over all pairs is (sum_ij r_ij) . (sum_kl s_kl) / M^2, no M x M matrix.
     """
-    _check_pair(z_rgb, z_sar)
+    check_pair(z_rgb, z_sar)
     b, n, d = z_rgb.shape
     m = b * n
     if m < 2:
         raise ValueError(f"MAS needs at least 2 patches to have non-matching pairs, got {m}")
-    dtype = _compute_dtype(z_rgb)
+    dtype = compute_dtype(z_rgb)
     r = l2_normalize(z_rgb.astype(dtype)).reshape(m, d)
     s = l2_normalize(z_sar.astype(dtype)).reshape(m, d)
     matched_sum = jnp.sum(r * s)

@@ -24,8 +24,13 @@ class LossConfig:
     gamma: float = 1.0
     mim_type: str = "l2"
     norm_pix: bool = True
+    cgcl_impl: str = "dense"  # or "blockwise": memory linear in the number of patches
+    cgcl_chunk_size: int = 4096
 
     def __post_init__(self):
+        if self.cgcl_impl not in ("dense", "blockwise"):
+            raise ValueError(f"loss config: cgcl_impl must be 'dense' or 'blockwise', got "
+                             f"{self.cgcl_impl!r}")
         if self.mim_type not in ("l1", "l2"):
             raise ValueError(f"loss config: mim_type must be 'l1' or 'l2', got {self.mim_type!r}")
         for name in ("tau_patch", "tau_global", "tau_cross"):
@@ -45,7 +50,8 @@ def pretraining_loss(out: MaRSOutput, cfg: LossConfig) -> tuple[jax.Array, dict[
     mim_sar = mim_loss(out.pred_sar, out.target_sar, weights, **mim)
     cgcl, terms = cgcl_loss(out.e_rgb, out.e_sar, tau_patch=cfg.tau_patch,
                             tau_global=cfg.tau_global, tau_cross=cfg.tau_cross,
-                            alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma)
+                            alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
+                            impl=cfg.cgcl_impl, chunk_size=cfg.cgcl_chunk_size)
     total = mim_rgb + mim_sar + cfg.cgcl_weight * cgcl
     metrics = {"loss": total, "mim_rgb": mim_rgb, "mim_sar": mim_sar, "cgcl": cgcl,
                **{f"cgcl_{k}": v for k, v in terms.items()}}
