@@ -24,8 +24,9 @@ def weighted(terms):
     return sum(WEIGHTS[k] * terms[k] for k in WEIGHTS)
 
 
+@pytest.mark.parametrize("keys", ["gather", "ring"])
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 1)])
-def test_equals_single_device_loss_and_gradients(mesh_shape):
+def test_equals_single_device_loss_and_gradients(mesh_shape, keys):
     size = int(np.prod(mesh_shape))
     if jax.device_count() < size:
         pytest.skip(f"needs {size} devices")
@@ -39,7 +40,7 @@ def test_equals_single_device_loss_and_gradients(mesh_shape):
     zr_s, zs_s = jax.device_put(zr, sharding), jax.device_put(zs, sharding)
 
     def sharded(a, b):
-        return sharded_cgcl_terms(a, b, mesh, chunk_size=7, **TEMPS)
+        return sharded_cgcl_terms(a, b, mesh, chunk_size=7, keys=keys, **TEMPS)
 
     terms = jax.jit(sharded)(zr_s, zs_s)
     for name in dense_terms:
