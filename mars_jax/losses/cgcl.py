@@ -49,6 +49,23 @@ def check_pair(z_rgb: jax.Array, z_sar: jax.Array) -> None:
         raise ValueError(f"CGCL got an empty embedding batch of shape {tuple(z_rgb.shape)}")
 
 
+def check_temperatures(**temperatures: float) -> None:
+    for name, tau in temperatures.items():
+        if not tau > 0:
+            raise ValueError(f"{name} must be positive, got {tau}")
+
+
+def unit_embeddings(z_rgb: jax.Array, z_sar: jax.Array):
+    """Unit patch rows r, s [B*N, D] and unit image embeddings g_r, g_s [B, D] (g_i = mean_j
+    z_ij, then normalised), in the compute dtype: cosine similarities become dot products."""
+    dtype = compute_dtype(z_rgb)
+    zr, zs = z_rgb.astype(dtype), z_sar.astype(dtype)
+    b, n, d = zr.shape
+    r = l2_normalize(zr).reshape(b * n, d)
+    s = l2_normalize(zs).reshape(b * n, d)
+    return r, s, l2_normalize(jnp.mean(zr, axis=1)), l2_normalize(jnp.mean(zs, axis=1))
+
+
 def cgcl_loss(
     z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch: float = 0.05, tau_global: float = 0.07,
     tau_cross: float = 0.1, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
@@ -72,17 +89,9 @@ def cgcl_loss(
     if impl != "dense":
         raise ValueError(f"CGCL impl must be 'dense' or 'blockwise', got {impl!r}")
     check_pair(z_rgb, z_sar)
-    for name, tau in (("tau_patch", tau_patch), ("tau_global", tau_global),
-                      ("tau_cross", tau_cross)):
-        if not tau > 0:
-            raise ValueError(f"{name} must be positive, got {tau}")
-    dtype = compute_dtype(z_rgb)
-    zr, zs = z_rgb.astype(dtype), z_sar.astype(dtype)
-    b, n, d = zr.shape
-    r = l2_normalize(zr).reshape(b * n, d)
-    s = l2_normalize(zs).reshape(b * n, d)
-    g_r = l2_normalize(jnp.mean(zr, axis=1))  # g_i = mean_j z_ij, then cosine
-    g_s = l2_normalize(jnp.mean(zs, axis=1))
+    check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
+    b, n, _ = z_rgb.shape
+    r, s, g_r, g_s = unit_embeddings(z_rgb, z_sar)
 
     patch = info_nce(r, s, jnp.arange(b * n), tau_patch, precision)
     global_ = info_nce(g_r, g_s, jnp.arange(b), tau_global, precision)

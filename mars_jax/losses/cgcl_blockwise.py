@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.losses.cgcl import check_pair, compute_dtype, l2_normalize
+from mars_jax.losses.cgcl import check_pair, check_temperatures, compute_dtype, unit_embeddings
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -163,9 +163,7 @@ def _info_nce(queries: jax.Array, keys: jax.Array, positives: jax.Array, tau: fl
 
 
 def _check_args(temperatures: dict[str, float], chunk_size: int, key_dtype) -> None:
-    for name, tau in temperatures.items():
-        if not tau > 0:
-            raise ValueError(f"{name} must be positive, got {tau}")
+    check_temperatures(**temperatures)
     if not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if key_dtype is not None and not jnp.issubdtype(key_dtype, jnp.floating):
@@ -187,12 +185,8 @@ def blockwise_cgcl_terms(
                 chunk_size, key_dtype)
     dtype = compute_dtype(z_rgb)
     operand_dtype = jnp.dtype(dtype if key_dtype is None else key_dtype)
-    zr, zs = z_rgb.astype(dtype), z_sar.astype(dtype)
-    b, n, d = zr.shape
-    r = l2_normalize(zr).reshape(b * n, d)
-    s = l2_normalize(zs).reshape(b * n, d)
-    g_r = l2_normalize(jnp.mean(zr, axis=1))  # g_i = mean_j z_ij, then cosine
-    g_s = l2_normalize(jnp.mean(zs, axis=1))
+    n = z_rgb.shape[1]
+    r, s, g_r, g_s = unit_embeddings(z_rgb, z_sar)
 
     nce = functools.partial(_info_nce, chunk_size=chunk_size, operand_dtype=operand_dtype)
     patch = nce(r, s, s, tau_patch)

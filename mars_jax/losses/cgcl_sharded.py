@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from mars_jax.losses.cgcl import check_pair, compute_dtype, l2_normalize
+from mars_jax.losses.cgcl import check_pair, check_temperatures, compute_dtype, unit_embeddings
 from mars_jax.losses.cgcl_blockwise import (
     _block_sizes,
     _rounded,
@@ -100,6 +100,7 @@ def sharded_cgcl_terms(
     """``{"patch", "global", "cross"}`` of ``cgcl_loss`` for [B, N, D] inputs whose batch is
     split over ``axes`` of ``mesh`` (other axes replicate). B must divide over ``axes``."""
     check_pair(z_rgb, z_sar)
+    check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
     if keys not in ("gather", "ring"):
         raise ValueError(f"keys must be 'gather' or 'ring', got {keys!r}")
     axes = tuple(axes)
@@ -111,11 +112,8 @@ def sharded_cgcl_terms(
     operand = jnp.dtype(key_dtype) if key_dtype is not None else jnp.dtype(dtype)
 
     def local(zr, zs):
-        zr, zs = zr.astype(dtype), zs.astype(dtype)
-        lb, ln, d = zr.shape
-        r = l2_normalize(zr).reshape(lb * ln, d)
-        s = l2_normalize(zs).reshape(lb * ln, d)
-        g_r, g_s = l2_normalize(zr.mean(1)), l2_normalize(zs.mean(1))
+        ln = zr.shape[1]
+        r, s, g_r, g_s = unit_embeddings(zr, zs)
         if keys == "ring":
             patch_keys, ring = s.astype(operand), (axes, shards)
         else:
