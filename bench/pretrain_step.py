@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from mars_jax import parallel
 from mars_jax.train import flops
 from mars_jax.train.forward import random_batch
-from mars_jax.train.pretrain import initial_state, make_plan, make_train_step, model_and_optimizer
+from mars_jax.train.pretrain import initial_state, jit_train_step, make_plan, model_and_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
@@ -35,11 +35,7 @@ def main(argv):
     plan = make_plan(config)
     graphdef, _, shardings, create = model_and_optimizer(plan, config.seed, 1000)
     state = initial_state(plan, shardings, create)
-    step_fn = jax.jit(make_train_step(graphdef, plan, config.seed),
-                      in_shardings=(shardings, parallel.batch_sharding(plan.mesh),
-                                    parallel.replicated(plan.mesh)),
-                      out_shardings=(shardings, parallel.replicated(plan.mesh)),
-                      donate_argnums=(0,))
+    step_fn = jit_train_step(graphdef, plan, config.seed, shardings)
     host = jax.device_get(random_batch(jax.random.key(0), plan.global_batch, plan.image_size,
                                        plan.model.sar_channels))
     batch = parallel.global_batch(host, plan.mesh)

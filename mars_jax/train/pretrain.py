@@ -197,6 +197,14 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
     return train_step
 
 
+def jit_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int, shardings: Any) -> Callable:
+    """The train step jitted with state / batch shardings and the state donated."""
+    replicated = parallel.replicated(plan.mesh)
+    return jax.jit(make_train_step(graphdef, plan, seed),
+                   in_shardings=(shardings, parallel.batch_sharding(plan.mesh), replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+
 def make_preview(graphdef: nnx.GraphDef, seed: int, examples: int) -> Callable:
     """Forward pass on the first ``examples`` pairs with a fixed mask, for the image panel."""
 
@@ -292,12 +300,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
         state = initial_state(plan, shardings, create)
 
     # ---- Compile ---------------------------------------------------------------------------
-    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    train_step = jax.jit(make_train_step(graphdef, plan, config.seed),
-                         in_shardings=(shardings, batch_sharding, replicated),
-                         out_shardings=(shardings, replicated), donate_argnums=(0,))
+    train_step = jit_train_step(graphdef, plan, config.seed, shardings)
     preview = jax.jit(make_preview(graphdef, config.seed, examples=4),
-                      in_shardings=(shardings, batch_sharding), out_shardings=replicated)
+                      in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                      out_shardings=parallel.replicated(mesh))
     step_flops = flops.train_flops(plan.model, image_size=plan.image_size,
                                    batch_size=plan.global_batch)
     peak = flops.peak_flops_per_device(jax.devices()[0])
@@ -326,10 +332,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                 save = bool(every) and (step % every == 0 or step == total)
                 stopping = _sync_flag(stop.received)
                 log_now = step % config.log.every_steps == 0 or save or stopping
-                if log_now or save:
+                if log_now:  # includes every save: a saved state's step is checked first
                     accumulator.update(_check_finite(*pending, checkpointer.latest_step()))
                     pending = None
-                if log_now:
                     now = time.perf_counter()
                     seconds = (now - timer_start) / max(step - timer_step, 1)
                     timer_step, timer_start = step, now
@@ -352,7 +357,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                     if logger:
                         panel = images.reconstruction_panel(
                             jax.device_get(out), patch_size=plan.model.patch_size,
-                            grid=(plan.image_size // plan.model.patch_size,) * 2)
+                            grid=(plan.image_size // plan.model.patch_size,) * 2,
+                            norm_pix=plan.loss.norm_pix)
                         logger.write_images(step, {"reconstruction": panel})
                 if save or stopping:
                     checkpointer.save(step, state, data_iter)

@@ -13,9 +13,8 @@ import numpy as np
 from clu import parameter_overview
 from flax import nnx
 
-from mars_jax import parallel
 from mars_jax.train import flops
-from mars_jax.train.pretrain import make_plan, make_train_step, model_and_optimizer
+from mars_jax.train.pretrain import jit_train_step, make_plan, model_and_optimizer
 
 
 def _gib(n: float) -> str:
@@ -51,11 +50,7 @@ def print_summary(config: ml_collections.ConfigDict, *, log=print, compile_step:
                                         jnp.float32),
             "valid": jax.ShapeDtypeStruct((batch, size, size), jnp.bool_),
         }
-        step = jax.jit(make_train_step(graphdef, plan, config.seed),
-                       in_shardings=(shardings, parallel.batch_sharding(plan.mesh),
-                                     parallel.replicated(plan.mesh)),
-                       out_shardings=(shardings, parallel.replicated(plan.mesh)),
-                       donate_argnums=(0,))
+        step = jit_train_step(graphdef, plan, config.seed, shardings)
         with jax.set_mesh(plan.mesh):
             compiled = step.lower(abstract, batch_spec,
                                   jax.ShapeDtypeStruct((), jnp.int32)).compile()
