@@ -14,6 +14,7 @@ from clu import parameter_overview
 from flax import nnx
 
 from mars_jax.train import flops
+from mars_jax.train.forward import count_parameters
 from mars_jax.train.pretrain import jit_train_step, make_plan, model_and_optimizer
 
 
@@ -32,7 +33,7 @@ def print_summary(config: ml_collections.ConfigDict, *, log=print, compile_step:
     log(parameter_overview.get_parameter_overview(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
         include_stats=False))
-    counts = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    counts = count_parameters(model)["total"]
     step_flops = flops.train_flops(plan.model, image_size=plan.image_size,
                                    batch_size=plan.global_batch)
     state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
