@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patches", default="8192,52480,131072,262144,524288,1048576")
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--dtype", default="bfloat16", help="embedding dtype")
     parser.add_argument("--key-dtype", default="bfloat16", help="blockwise matmul operands")
     parser.add_argument("--repeats", type=int, default=5)

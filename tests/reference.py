@@ -133,3 +133,22 @@ def sincos_2d(grid_h, grid_w, dim):
                 table[r * grid_w + c, 2 * quarter + k] = math.sin(c * w)
                 table[r * grid_w + c, 3 * quarter + k] = math.cos(c * w)
     return table
+
+
+def patch_term_hard(zr, zs, positions, tau_p, radius, weight):
+    """L_patch with hard negatives: the query's own-image patches within ``radius`` grid cells
+    (excluding itself) count ``weight`` times in the denominator; the positive counts once."""
+    zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
+    b, n, _ = zr.shape
+    loss = 0.0
+    for i in range(b):
+        for j in range(n):
+            denominator = 0.0
+            for k in range(b):
+                for m in range(n):
+                    dist = math.dist(positions[i][j], positions[k][m])
+                    hard = k == i and m != j and dist <= radius
+                    w = weight if hard else 1.0
+                    denominator += w * math.exp(cosine(zr[i, j], zs[k, m]) / tau_p)
+            loss -= cosine(zr[i, j], zs[i, j]) / tau_p - math.log(denominator)
+    return loss / (b * n)

@@ -145,5 +145,5 @@ def test_blockwise_impl_equals_dense(chunk):
     np.testing.assert_allclose(total, dense_total, rtol=1e-5)
     for name in dense:
         np.testing.assert_allclose(terms[name], dense[name], rtol=1e-5, err_msg=name)
-    with pytest.raises(ValueError, match="'dense' or 'blockwise'"):
+    with pytest.raises(ValueError, match="'dense', 'blockwise' or 'sharded'"):
         cgcl_loss(jnp.asarray(zr), jnp.asarray(zs), impl="ring")

@@ -1,53 +1,77 @@
 """Blockwise CGCL: the three terms of ``cgcl.cgcl_loss`` with memory linear in M = B*N.
 
-Every CGCL term is an InfoNCE mean over queries q_i (unit rows scaled by 1/tau) against keys k_l:
+Every CGCL term is an InfoNCE sum over queries q_i (unit rows) against keys k_l with a scale
+c = 1/tau and an optional logit bias b_il (hard negatives):
 
-  L = 1/Q sum_i ( lse_i - q_i . k_pos(i) ),      lse_i = log sum_l exp(q_i . k_l)
+  L = sum_i ( lse_i - c q_i . k_pos(i) ),      lse_i = log sum_l exp(c q_i . k_l + b_il)
 
 L_patch has M x M logits (q = RGB patches, k = SAR patches); L_cross has M x B (patches against
 the other modality's image embeddings); L_global has B x B. None is materialised: queries and
 keys are cut into blocks of ``chunk_size`` rows (zero-padded; padded keys masked to -inf, padded
-query rows dropped), and for each query block a ``lax.scan`` over key blocks keeps a running
-log-sum-exp, so only one [chunk, chunk] logits block lives at a time:
+query rows dropped), and each query block keeps a running log-sum-exp over the key blocks, so
+only one [chunk, chunk] logits block lives at a time:
 
   m' = max(m, max_l x_l),    s' = s * exp(m - m') + sum_l exp(x_l - m'),    lse = m + log s
 
-The backward pass is a ``jax.custom_vjp`` that recomputes each logits block from the saved
-keys, queries and the per-row lse (O(M) residual), giving p_il = exp(q_i . k_l - lse_i) = the
-row softmax, and with g_i the cotangent of lse_i:
+The backward pass (``jax.custom_vjp``) recomputes each block from the saved operands and the
+per-row lse (O(M) residual): p_il = exp(logit_il - lse_i) is the row softmax and, with g_i the
+cotangent of lse_i and w_il = g_i p_il,
 
-  dq_i = g_i sum_l p_il k_l,        dk_l = sum_i g_i p_il q_i
+  dq_i = c sum_l w_il k_l,      dk_l = c sum_i w_il q_i,      dc = sum_il w_il q_i . k_l
 
-For L_patch (g_i = 1/M, q = r/tau, k = s) autodiff adds the positive term and the 1/tau, giving
-dL/dr_i = (sum_l p_il s_l - s_i) / (tau M) and dL/ds_l = (sum_i p_il r_i - r_l) / (tau M).
+(dc makes learnable temperatures work). dq and dk are accumulated in place, one block at a time,
+in float32 buffers of the operands' shape, and returned in the operand dtype.
 
-dq is accumulated across the inner scan over key blocks and dk across the outer scan over query
-blocks, one logits block per step, in the same sweep (each block's softmax is computed once).
-Temporary memory is O(chunk^2 + (Q + K) * D) instead of O(Q * K).
+With ``ring=(axes, shards)`` (inside ``jax.shard_map``) k is this device's shard of the keys:
+the shards travel around a ring of ``ppermute``s, and in the backward pass each shard's
+gradient travels with it and is home, complete, after a full turn (cgcl_sharded.py).
 
-``key_dtype`` (e.g. bfloat16) is the matmul operand dtype: keys are stored in it and query blocks
-are cast to it, with products accumulated in the compute dtype (float32, or float64 for float64
-inputs). The positive logit is formed from the same rounded operands, so it stays consistent with
-its row's log-sum-exp. Only reverse-mode differentiation is defined (custom VJP).
+``key_dtype`` (e.g. bfloat16) is the matmul operand dtype: unit embeddings are stored in it (and
+their gradients returned in it), products are accumulated in the compute dtype (float32, or
+float64 for float64 inputs). The positive logit is formed from the same rounded operands, so it
+stays consistent with its row's log-sum-exp. Only reverse-mode differentiation is defined.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.losses.cgcl import check_pair, check_temperatures, compute_dtype, unit_embeddings
+from mars_jax.losses.cgcl import (
+    HardNegatives,
+    check_pair,
+    check_positions,
+    check_temperatures,
+    compute_dtype,
+    hard_negative_bias,
+    l2_normalize,
+    patch_metadata,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _to_blocks(x: jax.Array, size: int) -> jax.Array:
-    """[R, ...] -> [ceil(R / size), size, ...], zero rows appended: scan needs equal blocks."""
+class Streaming(NamedTuple):
+    """Static settings of one streamed log-sum-exp (hashable: a custom_vjp nondiff argument)."""
+
+    chunk_size: int
+    hard: HardNegatives | None = None
+    ring: tuple[tuple[str, ...], int] | None = None  # (mesh axes, shards) of a key ring
+
+
+# ------------------------------------------------------------------------------------------
+# Blocks
+# ------------------------------------------------------------------------------------------
+def _to_blocks(x: jax.Array | None, size: int, fill=0) -> jax.Array | None:
+    """[R, ...] -> [ceil(R / size), size, ...], ``fill`` rows appended: loops need equal blocks."""
+    if x is None:
+        return None
     pad = -x.shape[0] % size
-    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
     return x.reshape(-1, size, *x.shape[1:])
 
 
@@ -56,11 +80,28 @@ def _from_blocks(x: jax.Array, rows: int) -> jax.Array:
     return x.reshape(-1, *x.shape[2:])[:rows]
 
 
-def _block_logits(q_blk: jax.Array, k_blk: jax.Array, k_valid: jax.Array,
-                  acc_dtype: jnp.dtype) -> jax.Array:
-    """[Cq, Ck] logits accumulated in acc_dtype; padded keys get -inf, i.e. exp(.) = 0."""
-    logits = jnp.matmul(q_blk, k_blk.T, precision=HIGHEST, preferred_element_type=acc_dtype)
-    return jnp.where(k_valid[None, :], logits, -jnp.inf)
+def _take(x: jax.Array | None, i) -> jax.Array | None:
+    """x[i], or None for an absent (None) operand such as metadata without hard negatives."""
+    return None if x is None else x[i]
+
+
+def _pinned(x):
+    """Keeps a loop's block slice ahead of its dtype conversion: without the barrier XLA
+    hoists the conversion out of the loop as a whole-array float32 copy."""
+    return jax.lax.optimization_barrier(x)
+
+
+class _Keys(NamedTuple):
+    """Key blocks [nk, Ck, D], their validity [nk, Ck] and metadata [nk, Ck, 3] (or None)."""
+
+    blocks: jax.Array
+    valid: jax.Array
+    meta: jax.Array | None
+
+
+def _key_blocks(k: jax.Array, k_meta: jax.Array | None, size: int) -> _Keys:
+    valid = _to_blocks(jnp.ones((k.shape[0],), bool), size)
+    return _Keys(_to_blocks(k, size), valid, _to_blocks(k_meta, size, fill=-1))
 
 
 def _block_sizes(q: jax.Array, k: jax.Array, chunk_size: int) -> tuple[int, int]:
@@ -68,130 +109,428 @@ def _block_sizes(q: jax.Array, k: jax.Array, chunk_size: int) -> tuple[int, int]
     return min(chunk_size, q.shape[0]), min(chunk_size, k.shape[0])
 
 
-def _row_block_lse(q_blk: jax.Array, k_blocks: jax.Array, k_valid: jax.Array,
-                   acc_dtype: jnp.dtype) -> jax.Array:
-    """Streaming log-sum-exp of one query block over all key blocks (running max and sum)."""
-
-    def step(carry, key_block):
-        run_max, run_sum = carry
-        logits = _block_logits(q_blk, *key_block, acc_dtype)
-        new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
-        # Block 0 always holds a real key, so new_max is finite and no -inf - -inf arises.
-        run_sum = (run_sum * jnp.exp(run_max - new_max)
-                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
-        return (new_max, run_sum), None
-
-    rows = q_blk.shape[0]
-    init = (jnp.full((rows,), -jnp.inf, acc_dtype), jnp.zeros((rows,), acc_dtype))
-    (run_max, run_sum), _ = jax.lax.scan(step, init, (k_blocks, k_valid))
-    return run_max + jnp.log(run_sum)
+def _block_logits(q_blk, q_meta, keys: _Keys, j, scale, hard):
+    """Raw products x = q . k and logits c x + b of query block vs key block j (-inf padded)."""
+    k_blk = _pinned(keys.blocks[j])
+    x = jnp.matmul(q_blk, k_blk.T, precision=HIGHEST, preferred_element_type=scale.dtype)
+    logits = scale * x
+    if hard is not None:
+        logits = logits + hard_negative_bias(q_meta, keys.meta[j], hard, scale.dtype)
+    return x, k_blk, jnp.where(keys.valid[j][None, :], logits, -jnp.inf)
 
 
-def _blocked_operands(q: jax.Array, k: jax.Array, chunk_size: int):
-    """Query blocks, key blocks and the key-validity mask (False on padded keys)."""
-    q_size, k_size = _block_sizes(q, k, chunk_size)
-    k_valid = _to_blocks(jnp.ones((k.shape[0],), bool), k_size)
-    return _to_blocks(q, q_size), _to_blocks(k, k_size), k_valid
+def _lse_blocks(q_blocks, q_meta, keys: _Keys, scale, hard) -> jax.Array:
+    """[nq, Cq] log-sum-exp of every query row over all key blocks (running max and sum)."""
+
+    def row(args):
+        q_blk, qm = _pinned(args)
+
+        def step(j, carry):
+            run_max, run_sum = carry
+            logits = _block_logits(q_blk, qm, keys, j, scale, hard)[2]
+            new_max = jnp.maximum(run_max, jnp.max(logits, axis=1))
+            # Block 0 always holds a real key, so new_max is finite: no -inf - -inf arises.
+            run_sum = (run_sum * jnp.exp(run_max - new_max)
+                       + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
+            return new_max, run_sum
+
+        rows = q_blk.shape[0]
+        init = (jnp.full((rows,), -jnp.inf, scale.dtype), jnp.zeros((rows,), scale.dtype))
+        run_max, run_sum = jax.lax.fori_loop(0, keys.blocks.shape[0], step, init)
+        return run_max + jnp.log(run_sum)
+
+    return jax.lax.map(row, (q_blocks, q_meta))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def streaming_logsumexp(q: jax.Array, k: jax.Array, chunk_size: int,
-                        operand_dtype: np.dtype) -> jax.Array:
-    """lse_i = log sum_l exp(q_i . k_l) for q [Q, D], k [K, D], never forming the Q x K matrix.
+def _matmul(a, b, operand, acc):
+    return jnp.matmul(a.astype(operand), b, precision=HIGHEST, preferred_element_type=acc)
 
-    Accumulates in q's dtype; the matmul operands are cast to ``operand_dtype``.
+
+def _accumulate_grads(q_blocks, q_meta, keys: _Keys, scale, hard, lse, g, dq, dk, dscale,
+                      positives=None):
+    """Adds this key set's dq, dk, dc into the accumulators, one logits block at a time.
+
+    ``positives`` ([nq, Cq] indices into these keys, given while they are the home keys) adds
+    the positive logits' part, -c g k_pos to dq and -c g q to dk, in float32 before the block
+    is stored: it nearly cancels the softmax part when the loss is small.
     """
-    return _streaming_lse_fwd(q, k, chunk_size, operand_dtype)[0]
+    operand, acc = q_blocks.dtype, scale.dtype
+    k_size = keys.blocks.shape[1]
+
+    def row(i, carry):
+        dq, dk, dscale = carry
+        q_blk, qm, lse_blk, g_blk = _pinned((q_blocks[i], _take(q_meta, i), lse[i], g[i]))
+        dq_blk = _pinned(dq[i]).astype(acc)
+        if positives is not None:
+            pos = positives[i]
+            k_pos = _pinned(keys.blocks[pos // k_size, pos % k_size])
+            dscale = dscale - jnp.sum(g_blk * _row_dot(q_blk, k_pos, acc))
+            dq_blk = dq_blk - (scale * g_blk)[:, None] * k_pos.astype(acc)
+            dk = dk.at[pos // k_size, pos % k_size].add(
+                -(scale * g_blk)[:, None] * q_blk.astype(acc))
+
+        def step(j, carry):
+            dq_blk, dk, dscale = carry
+            x, k_blk, logits = _block_logits(q_blk, qm, keys, j, scale, hard)
+            w = jnp.exp(logits - lse_blk[:, None]) * g_blk[:, None]
+            dscale = dscale + jnp.sum(w * x)  # padded keys: w = 0 and x = 0
+            w = w * scale
+            return (dq_blk + _matmul(w, k_blk, operand, acc),
+                    dk.at[j].add(_matmul(w.T, q_blk, operand, acc)), dscale)
+
+        dq_blk, dk, dscale = jax.lax.fori_loop(0, keys.blocks.shape[0], step,
+                                               (dq_blk, dk, dscale))
+        return dq.at[i].set(dq_blk.astype(dq.dtype)), dk, dscale
+
+    return jax.lax.fori_loop(0, q_blocks.shape[0], row, (dq, dk, dscale))
 
 
-def _streaming_lse_fwd(q, k, chunk_size, operand_dtype):
-    acc_dtype = q.dtype
-    q_op, k_op = q.astype(operand_dtype), k.astype(operand_dtype)
-    q_blocks, k_blocks, k_valid = _blocked_operands(q_op, k_op, chunk_size)
-    lse = jax.lax.map(lambda q_blk: _row_block_lse(q_blk, k_blocks, k_valid, acc_dtype),
-                      q_blocks)
-    # Residuals are O((Q + K) * D): the matmul operands and the [nq, Cq] row lse (padded rows
-    # included; they are finite since padded queries are zero).
-    return _from_blocks(lse, q.shape[0]), (q_op, k_op, lse)
+def _shift(tree, axes: tuple[str, ...], shards: int):
+    """Passes every array of ``tree`` ([blocks, ...] each) to the next device of the ring over
+    ``axes``, one block at a time: only one block is ever in flight, not a second shard."""
+    perm = [(i, (i + 1) % shards) for i in range(shards)]
+
+    def shift(x):
+        def block(b, x):
+            return x.at[b].set(jax.lax.ppermute(_pinned(x[b]), axes, perm=perm))
+
+        return jax.lax.fori_loop(0, x.shape[0], block, x)
+
+    return jax.tree.map(shift, tree)
 
 
-def _streaming_lse_bwd(chunk_size, operand_dtype, residuals, g):
-    """Recomputes each softmax block p = exp(logits - lse) to form dq = (g p) k, dk = (g p)^T q."""
-    q_op, k_op, lse = residuals
-    acc_dtype = lse.dtype
-    q_blocks, k_blocks, k_valid = _blocked_operands(q_op, k_op, chunk_size)
-    # Padded query rows get cotangent 0, so they add nothing to dk.
-    g_blocks = _to_blocks(g, q_blocks.shape[1])
-
-    def matmul(a, b):
-        return jnp.matmul(a.astype(operand_dtype), b, precision=HIGHEST,
-                          preferred_element_type=acc_dtype)
-
-    def row_block(dk_acc, row):
-        q_blk, lse_blk, g_blk = row
-
-        def step(dq_blk, key_block):
-            k_blk, valid = key_block
-            logits = _block_logits(q_blk, k_blk, valid, acc_dtype)
-            weights = jnp.exp(logits - lse_blk[:, None]) * g_blk[:, None]
-            return dq_blk + matmul(weights, k_blk), matmul(weights.T, q_blk)
-
-        dq_blk = jnp.zeros(q_blk.shape, acc_dtype)
-        dq_blk, dk_parts = jax.lax.scan(step, dq_blk, (k_blocks, k_valid))
-        return dk_acc + dk_parts, dq_blk
-
-    dk = jnp.zeros(k_blocks.shape, acc_dtype)
-    dk, dq_blocks = jax.lax.scan(row_block, dk, (q_blocks, lse, g_blocks))
-    return _from_blocks(dq_blocks, q_op.shape[0]), _from_blocks(dk, k_op.shape[0])
+# ------------------------------------------------------------------------------------------
+# Streamed InfoNCE rows with a hand-written backward pass
+# ------------------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def streaming_info_nce(q: jax.Array, k: jax.Array, scale: jax.Array, positives: jax.Array,
+                       q_meta, k_meta, settings: Streaming) -> jax.Array:
+    """Per-query InfoNCE  lse_i - c q_i . k_{positives_i}, with
+    lse_i = log sum_l exp(c q_i . k_l + bias_il), for q [Q, D], k [K, D], c = ``scale``,
+    never forming the Q x K matrix. Accumulates in scale's dtype; q and k are the matmul
+    operands as given (their gradients come back in their dtype).
+    positives: [Q] int indices into k (with a ring: into this device's shard, k).
+    q_meta / k_meta: [Q, 3] / [K, 3] int32 (image, row, col) for hard negatives, else None.
+    With ``settings.ring``, k is this device's shard and the sum runs over every shard."""
+    return _nce_fwd(q, k, scale, positives, q_meta, k_meta, settings)[0]
 
 
-streaming_logsumexp.defvjp(_streaming_lse_fwd, _streaming_lse_bwd)
+def _ring_steps(settings: Streaming) -> tuple[int, callable]:
+    if settings.ring is None:
+        return 1, lambda tree: tree
+    axes, shards = settings.ring
+    return shards, functools.partial(_shift, axes=axes, shards=shards)
 
 
-def _rounded(x: jax.Array, operand_dtype: np.dtype) -> jax.Array:
-    """x as the matmul sees it, back in x's dtype: keeps the positive logit one of the row's."""
-    return x.astype(operand_dtype).astype(x.dtype)
+def _nce_fwd(q, k, scale, positives, q_meta, k_meta, settings):
+    q_size, k_size = _block_sizes(q, k, settings.chunk_size)
+    q_blocks, qm_blocks = _to_blocks(q, q_size), _to_blocks(q_meta, q_size, fill=-1)
+    pos_blocks = _to_blocks(positives, q_size)
+    steps, shift = _ring_steps(settings)
+
+    def positive_logits(args):
+        q_blk, pos = _pinned(args)
+        return scale * _row_dot(q_blk, _pinned(jnp.take(k, pos, axis=0)), scale.dtype)
+
+    positive = jax.lax.map(positive_logits, (q_blocks, pos_blocks))
+
+    def step(carry, _):
+        lse, keys = carry
+        part = _lse_blocks(q_blocks, qm_blocks, keys, scale, settings.hard)
+        return (jnp.logaddexp(lse, part), shift(keys)), None
+
+    init = (jnp.full(q_blocks.shape[:2], -jnp.inf, scale.dtype),
+            _key_blocks(k, k_meta, k_size))
+    (lse, _), _ = jax.lax.scan(step, init, None, length=steps)
+    # Residuals are O((Q + K) * D): the operands and the [nq, Cq] row lse (padded rows included;
+    # they are finite since padded queries are zero).
+    loss = _from_blocks(lse - positive, q.shape[0])
+    return loss, (q, k, scale, positives, q_meta, k_meta, lse)
 
 
-def _info_nce(queries: jax.Array, keys: jax.Array, positives: jax.Array, tau: float,
-              chunk_size: int, operand_dtype: np.dtype) -> jax.Array:
-    """Mean_i of -log softmax_l(queries_i . keys_l / tau) at the key equal to positives_i."""
-    q = queries / tau
-    lse = streaming_logsumexp(q, keys, chunk_size, operand_dtype)
-    positive = jnp.sum(_rounded(q, operand_dtype) * _rounded(positives, operand_dtype), axis=-1)
-    return jnp.mean(lse - positive)
+def _nce_grads(settings, q, k, scale, positives, q_meta, k_meta, lse, g, dq, dk):
+    """Adds this InfoNCE's gradients into the float32 accumulators dq [nq, Cq, D] (queries,
+    blocked) and dk [nk, Ck, D] (home keys, blocked); returns them and d(scale)."""
+    q_size, k_size = _block_sizes(q, k, settings.chunk_size)
+    q_blocks, qm_blocks = _to_blocks(q, q_size), _to_blocks(q_meta, q_size, fill=-1)
+    g_blocks = _to_blocks(g, q_size)  # padded query rows get cotangent 0: they add nothing
+    steps, shift = _ring_steps(settings)
+    accumulate = functools.partial(_accumulate_grads, q_blocks, qm_blocks, scale=scale,
+                                   hard=settings.hard, lse=lse, g=g_blocks)
+    keys = _key_blocks(k, k_meta, k_size)
+    # Step 0 holds the home keys, and with them the positives.
+    dq, dk, dscale = accumulate(keys=keys, dq=dq, dk=dk, dscale=jnp.zeros((), scale.dtype),
+                                positives=_to_blocks(positives, q_size))
+    keys, dk = shift((keys, dk))
+
+    def step(carry, _):
+        dq, keys, dk, dscale = carry
+        dq, dk, dscale = accumulate(keys=keys, dq=dq, dk=dk, dscale=dscale)
+        keys, dk = shift((keys, dk))
+        return (dq, keys, dk, dscale), None
+
+    if steps > 1:  # after ``steps`` shifts every shard and its gradient are home
+        (dq, _, dk, dscale), _ = jax.lax.scan(step, (dq, keys, dk, dscale), None,
+                                              length=steps - 1)
+    return dq, dk, dscale
 
 
-def _check_args(temperatures: dict[str, float], chunk_size: int, key_dtype) -> None:
-    check_temperatures(**temperatures)
+def _grad_buffer(x: jax.Array, chunk_size: int, dtype) -> jax.Array:
+    """A zero float accumulator in the blocked layout of ``x`` as queries or keys."""
+    size = min(chunk_size, x.shape[0])
+    return jnp.zeros((-(-x.shape[0] // size), size, x.shape[1]), dtype)
+
+
+def _nce_bwd(settings, residuals, g):
+    q, k, scale, positives, q_meta, k_meta, lse = residuals
+    acc = scale.dtype
+    dq, dk, dscale = _nce_grads(settings, q, k, scale, positives, q_meta, k_meta, lse, g,
+                                _grad_buffer(q, settings.chunk_size, acc),
+                                _grad_buffer(k, settings.chunk_size, acc))
+    dq = _from_blocks(dq, q.shape[0]).astype(q.dtype)
+    dk = _from_blocks(dk, k.shape[0]).astype(k.dtype)
+    return dq, dk, dscale.astype(acc).reshape(scale.shape), None, None, None
+
+
+streaming_info_nce.defvjp(_nce_fwd, _nce_bwd)
+
+
+# ------------------------------------------------------------------------------------------
+# Unit embeddings, one block of images at a time
+# ------------------------------------------------------------------------------------------
+def _row_dot(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """Row-wise dot products accumulated in ``dtype`` (broadcasting over leading axes)."""
+    return jnp.sum(a.astype(dtype) * b.astype(dtype), axis=-1)
+
+
+def _image_group(images: int, patches: int, chunk_size: int) -> int:
+    """Images per block: the largest divisor of ``images`` with at most ``chunk_size`` rows."""
+    fits = [g for g in range(1, images + 1) if images % g == 0 and g * patches <= chunk_size]
+    return max(fits, default=1)
+
+
+_EPS = 1e-12  # as cgcl.l2_normalize
+
+
+def _normalise_group(z_grp, dtype):
+    z = z_grp.astype(dtype)
+    sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
+    return z, sq, jax.lax.rsqrt(jnp.maximum(sq, _EPS * _EPS))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def unit_rows_and_means(z: jax.Array, operand, chunk_size: int):
+    """[B, N, D] -> unit rows z_ij / ||z_ij|| as [B*N, D] in ``operand`` dtype, and the image
+    means [B, D] in the compute dtype; both passes work on blocks of whole images, so no
+    float32 copy of z is ever formed (only z itself is kept for the backward pass)."""
+    return _unit_fwd(z, operand, chunk_size)[0]
+
+
+def _grouped(z, chunk_size):
+    b, n, d = z.shape
+    return z.reshape(b // _image_group(b, n, chunk_size), -1, n, d)
+
+
+def _unit_fwd(z, operand, chunk_size):
+    b, n, d = z.shape
+    dtype = compute_dtype(z)
+
+    def group(z_grp):
+        zf, _, inv = _normalise_group(_pinned(z_grp), dtype)
+        return (zf * inv).astype(operand), jnp.mean(zf, axis=1)
+
+    rows, means = jax.lax.map(group, _grouped(z, chunk_size))
+    return (rows.reshape(b * n, d), means.reshape(b, d)), z
+
+
+def _unit_bwd(operand, chunk_size, z, cotangents):
+    d_rows, d_means = cotangents
+    b, n, d = z.shape
+    dtype = compute_dtype(z)
+    groups = _grouped(z, chunk_size)
+
+    def group(args):
+        z_grp, dr, dm = _pinned(args)
+        zf, sq, inv = _normalise_group(z_grp, dtype)
+        u, dr = zf * inv, dr.astype(dtype)
+        # d(z / ||z||) = (dr - u (u . dr)) / ||z||; below eps the norm is the constant eps.
+        radial = jnp.where(sq >= _EPS * _EPS, jnp.sum(u * dr, axis=-1, keepdims=True), 0)
+        dz = inv * (dr - u * radial) + dm[:, None, :] / n
+        return dz.astype(z.dtype)
+
+    dz = jax.lax.map(group, (groups, d_rows.reshape(groups.shape),
+                             d_means.reshape(groups.shape[0], -1, d)))
+    return (dz.reshape(b, n, d),)
+
+
+unit_rows_and_means.defvjp(_unit_fwd, _unit_bwd)
+
+
+# ------------------------------------------------------------------------------------------
+# CGCL from streamed terms: partial sums over local queries (shared with cgcl_sharded.py)
+# ------------------------------------------------------------------------------------------
+class Layout(NamedTuple):
+    """Static settings of ``local_cgcl_sums`` (hashable: a custom_vjp nondiff argument)."""
+
+    chunk_size: int
+    operand: np.dtype
+    hard: HardNegatives | None = None
+    axes: tuple[str, ...] | None = None  # data axes the batch is split over (None: unsplit)
+    shards: int = 1  # devices over ``axes``
+    ring: bool = False  # pass the SAR patch keys around a ring instead of all-gathering them
+
+
+def _gather(x, layout: Layout):
+    if layout.axes is None or x is None:
+        return x
+    return jax.lax.all_gather(x, layout.axes, tiled=True)
+
+
+def _scatter(x, layout: Layout):
+    """Transpose of ``_gather``: each shard's rows of the summed gradient."""
+    if layout.axes is None:
+        return x
+    return jax.lax.psum_scatter(x, layout.axes, scatter_dimension=0, tiled=True)
+
+
+def _prepare(z_rgb, z_sar, meta, layout: Layout):
+    """Everything the three terms read: unit operands, gathered keys, positives' indices."""
+    b, n, _ = z_rgb.shape
+    (r, mean_r), _ = _unit_fwd(z_rgb, layout.operand, layout.chunk_size)
+    (s, mean_s), _ = _unit_fwd(z_sar, layout.operand, layout.chunk_size)
+
+    def image_embeddings(mean_r, mean_s):
+        return (l2_normalize(mean_r).astype(layout.operand),
+                l2_normalize(mean_s).astype(layout.operand))
+
+    (g_r, g_s), image_vjp = jax.vjp(image_embeddings, mean_r, mean_s)
+    first = 0 if layout.axes is None else jax.lax.axis_index(layout.axes) * b
+    images = first + jnp.arange(b, dtype=jnp.int32)
+    rows = jnp.arange(b * n, dtype=jnp.int32)
+    ring = (layout.axes, layout.shards) if layout.ring else None
+    patch = Streaming(layout.chunk_size, layout.hard, ring)
+    if layout.ring:  # local keys travel; the positive of row i is local key i
+        patch_keys, k_meta, patch_pos = s, meta, rows
+    else:
+        patch_keys, k_meta, patch_pos = _gather(s, layout), _gather(meta, layout), first * n + rows
+    return dict(r=r, s=s, g_r=g_r, g_s=g_s, g_r_all=_gather(g_r, layout),
+                g_s_all=_gather(g_s, layout), images=images, image_of_row=jnp.repeat(images, n),
+                patch=patch, patch_keys=patch_keys, k_meta=k_meta, patch_pos=patch_pos,
+                image_vjp=image_vjp, plain=Streaming(layout.chunk_size))
+
+
+def _local_fwd(z_rgb, z_sar, scales, meta, layout):
+    x = _prepare(z_rgb, z_sar, meta, layout)
+    c_patch, c_global, c_cross = scales
+    patch, res_p = _nce_fwd(x["r"], x["patch_keys"], c_patch, x["patch_pos"], meta,
+                            x["k_meta"], x["patch"])
+    global_, res_g = _nce_fwd(x["g_r"], x["g_s_all"], c_global, x["images"], None, None,
+                              x["plain"])
+    cross_r, res_r = _nce_fwd(x["r"], x["g_s_all"], c_cross, x["image_of_row"], None, None,
+                              x["plain"])
+    cross_s, res_s = _nce_fwd(x["s"], x["g_r_all"], c_cross, x["image_of_row"], None, None,
+                              x["plain"])
+    sums = jnp.stack([jnp.sum(patch), jnp.sum(global_), jnp.sum(cross_r) + jnp.sum(cross_s)])
+    # Only the inputs and each row's log-sum-exp are kept: the unit operands are recomputed.
+    lse = tuple(res[-1] for res in (res_p, res_g, res_r, res_s))
+    return sums, (z_rgb, z_sar, scales, meta, lse)
+
+
+def _local_bwd(layout, residuals, ct):
+    """All four InfoNCE backward passes add into two float32 accumulators, dr and ds, in the
+    blocked layout of the patch rows; the SAR patch keys' gradient travels the ring in ds."""
+    z_rgb, z_sar, scales, meta, (lse_p, lse_g, lse_r, lse_s) = residuals
+    x = _prepare(z_rgb, z_sar, meta, layout)
+    c_patch, c_global, c_cross = scales
+    acc, chunk = c_patch.dtype, layout.chunk_size
+    b, n, _ = z_rgb.shape
+    g_patch = jnp.full((b * n,), ct[0], acc)
+    g_cross = jnp.full((b * n,), ct[2], acc)
+    dr, ds = _grad_buffer(x["r"], chunk, acc), _grad_buffer(x["s"], chunk, acc)
+    d_gr_all = _grad_buffer(x["g_r_all"], chunk, acc)
+    d_gs_all = _grad_buffer(x["g_s_all"], chunk, acc)
+    d_gr = _grad_buffer(x["g_r"], chunk, acc)
+
+    ds, d_gr_all, dc_s = _nce_grads(x["plain"], x["s"], x["g_r_all"], c_cross,
+                                    x["image_of_row"], None, None, lse_s, g_cross, ds, d_gr_all)
+    dr, d_gs_all, dc_r = _nce_grads(x["plain"], x["r"], x["g_s_all"], c_cross,
+                                    x["image_of_row"], None, None, lse_r, g_cross, dr, d_gs_all)
+    d_gr, d_gs_all, dc_g = _nce_grads(x["plain"], x["g_r"], x["g_s_all"], c_global,
+                                      x["images"], None, None, lse_g,
+                                      jnp.full((b,), ct[1], acc), d_gr, d_gs_all)
+    if layout.ring:
+        dr, ds, dc_p = _nce_grads(x["patch"], x["r"], x["patch_keys"], c_patch, x["patch_pos"],
+                                  meta, x["k_meta"], lse_p, g_patch, dr, ds)
+    else:
+        dr, dk, dc_p = _nce_grads(x["patch"], x["r"], x["patch_keys"], c_patch, x["patch_pos"],
+                                  meta, x["k_meta"], lse_p, g_patch, dr,
+                                  _grad_buffer(x["patch_keys"], chunk, acc))
+        dk = _scatter(_from_blocks(dk, x["patch_keys"].shape[0]), layout)
+        ds = ds + _to_blocks(dk, ds.shape[1])
+
+    d_gr = _from_blocks(d_gr, b) + _scatter(_from_blocks(d_gr_all, x["g_r_all"].shape[0]), layout)
+    d_gs = _scatter(_from_blocks(d_gs_all, x["g_s_all"].shape[0]), layout)
+    d_mean_r, d_mean_s = x["image_vjp"]((d_gr.astype(layout.operand),
+                                         d_gs.astype(layout.operand)))
+    (dz_rgb,) = _unit_bwd(layout.operand, chunk, z_rgb, (_from_blocks(dr, b * n), d_mean_r))
+    (dz_sar,) = _unit_bwd(layout.operand, chunk, z_sar, (_from_blocks(ds, b * n), d_mean_s))
+    d_scales = tuple(d.astype(acc) for d in (dc_p, dc_g, dc_r + dc_s))
+    return dz_rgb, dz_sar, d_scales, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def local_cgcl_sums(z_rgb: jax.Array, z_sar: jax.Array, scales: tuple, meta,
+                    layout: Layout) -> jax.Array:
+    """[3] sums over these queries of L_patch, L_global and 2 L_cross (not yet means).
+
+    scales: (1/tau_patch, 1/tau_global, 1/tau_cross) as scalars of the compute dtype (their
+    gradients make learnable temperatures work). meta: [B*N, 3] int32 (image, row, col) of
+    each patch for hard negatives, else None. With ``layout.axes`` (inside ``shard_map``) the
+    batch is split over those axes and the keys come from every shard.
+
+    Memory: the backward pass recomputes the unit operands and adds every term's gradient
+    into one float32 buffer per modality, so at most ~3 copies of the local [B*N, D]
+    embeddings (plus the ring's travelling keys and their gradient) are live at once.
+    """
+    return _local_fwd(z_rgb, z_sar, scales, meta, layout)[0]
+
+
+local_cgcl_sums.defvjp(_local_fwd, _local_bwd)
+
+
+def check_streaming_args(chunk_size: int, key_dtype) -> None:
     if not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if key_dtype is not None and not jnp.issubdtype(key_dtype, jnp.floating):
         raise ValueError(f"key_dtype must be a floating dtype, got {key_dtype!r}")
 
 
+def inverse_temperatures(tau_patch, tau_global, tau_cross) -> tuple:
+    return 1.0 / tau_patch, 1.0 / tau_global, 1.0 / tau_cross
+
+
 def blockwise_cgcl_terms(
-    z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch: float, tau_global: float,
-    tau_cross: float, chunk_size: int = 4096, key_dtype: jnp.dtype | None = None,
+    z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch, tau_global, tau_cross,
+    chunk_size: int = 2048, key_dtype: jnp.dtype | None = None,
+    positions: jax.Array | None = None, hard_negatives: HardNegatives | None = None,
 ) -> dict[str, jax.Array]:
     """``{"patch", "global", "cross"}`` of ``cgcl_loss``, in O(chunk^2 + B*N*D) memory.
 
     z_rgb, z_sar: [B, N, D], any float dtype; computed in float32 (float64 stays float64).
     chunk_size: rows per query / key block (memory ~ chunk^2 per live logits block).
     key_dtype: matmul operand dtype (e.g. jnp.bfloat16); None = the compute dtype.
+    positions, hard_negatives: see ``cgcl_loss``.
     """
     check_pair(z_rgb, z_sar)
-    _check_args({"tau_patch": tau_patch, "tau_global": tau_global, "tau_cross": tau_cross},
-                chunk_size, key_dtype)
+    check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
+    check_streaming_args(chunk_size, key_dtype)
+    check_positions(positions, z_rgb.shape, hard_negatives)
     dtype = compute_dtype(z_rgb)
-    operand_dtype = jnp.dtype(dtype if key_dtype is None else key_dtype)
-    n = z_rgb.shape[1]
-    r, s, g_r, g_s = unit_embeddings(z_rgb, z_sar)
-
-    nce = functools.partial(_info_nce, chunk_size=chunk_size, operand_dtype=operand_dtype)
-    patch = nce(r, s, s, tau_patch)
-    global_ = nce(g_r, g_s, g_s, tau_global)
-    # Patch (i, j)'s positive is its own image's embedding of the other modality.
-    cross = 0.5 * (nce(r, g_s, jnp.repeat(g_s, n, axis=0), tau_cross)
-                   + nce(s, g_r, jnp.repeat(g_r, n, axis=0), tau_cross))
-    return {"patch": patch, "global": global_, "cross": cross}
+    operand = jnp.dtype(dtype if key_dtype is None else key_dtype)
+    meta = patch_metadata(positions) if hard_negatives is not None else None
+    scales = tuple(jnp.asarray(c, dtype)
+                   for c in inverse_temperatures(tau_patch, tau_global, tau_cross))
+    sums = local_cgcl_sums(z_rgb, z_sar, scales, meta,
+                           Layout(chunk_size, operand, hard_negatives))
+    b, n, _ = z_rgb.shape
+    return {"patch": sums[0] / (b * n), "global": sums[1] / b, "cross": sums[2] / (2 * b * n)}

@@ -25,7 +25,7 @@ class LossConfig:
     mim_type: str = "l2"
     norm_pix: bool = True
     cgcl_impl: str = "dense"  # or "blockwise": memory linear in the number of patches
-    cgcl_chunk_size: int = 4096
+    cgcl_chunk_size: int = 2048
 
     def __post_init__(self):
         if self.cgcl_impl not in ("dense", "blockwise"):
