@@ -77,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # "bfloat16": bf16 compute, float32 parameters
     config.model.param_dtype = "float32"
     config.model.attention_impl = ml_collections.config_dict.placeholder(str)  # None: XLA picks
+    config.model.remat = "none"  # per-block activation remat: "none", "full" or "dots" (layers.py)
 
     # L = L_mim_rgb + L_mim_sar + cgcl_weight * (alpha L_patch + beta L_global + gamma L_cross)
     config.loss = ml_collections.ConfigDict()
@@ -89,8 +90,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.gamma = 1.0
     config.loss.mim_type = "l2"  # or "l1"
     config.loss.norm_pix = True  # per-patch normalised MIM targets
-    config.loss.cgcl_impl = "dense"  # "blockwise": streamed logits, memory linear in B*N
-    config.loss.cgcl_chunk_size = 4096
+    # CGCL over the global batch: "sharded" streams the logits in chunk x chunk blocks under
+    # shard_map over the data axes (memory linear in B*N), "blockwise" on one device, "dense"
+    # materialises them. Keys: "gather" (all-gathered) or "ring" (ppermute, O(B*N*D/devices)).
+    config.loss.cgcl_impl = "sharded"
+    config.loss.cgcl_chunk_size = 2048
+    config.loss.cgcl_keys = "ring" if variant in ("base", "large") else "gather"
+    config.loss.cgcl_key_dtype = ml_collections.config_dict.placeholder(str)  # None: as e
+    config.loss.hard_negative_radius = 0.0  # > 0: own-image patches within it weighted up
+    config.loss.hard_negative_weight = 2.0
+    config.loss.learnable_temperatures = False  # tau_* are then initial values
+    config.loss.adaptive_weights = False  # (alpha, beta, gamma) = softmax(grad norms / tau)
+    config.loss.adaptive_tau = 1.0
 
     # Fields of mars_jax.train.optim.OptimConfig. MAE's rule: lr = 1.5e-4 * batch / 256.
     config.total_steps = total_steps

@@ -19,7 +19,8 @@ class MIMDecoder(nnx.Module):
     def __init__(
         self, *, in_dim: int, width: int, depth: int, num_heads: int, mlp_dim: int,
         out_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
-        attention_impl: Literal["xla", "cudnn"] | None = None, rngs: nnx.Rngs,
+        attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
+        rngs: nnx.Rngs,
     ):
         self.width = width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -28,7 +29,7 @@ class MIMDecoder(nnx.Module):
                                        param_dtype=param_dtype, rngs=rngs)
         self.blocks = nnx.List([
             layers.TransformerBlock(width, num_heads, mlp_dim, norm="pre",
-                                    attention_impl=attention_impl, **kw)
+                                    attention_impl=attention_impl, remat=remat, **kw)
             for _ in range(depth)
         ])
         self.norm = layers.layer_norm(width, **kw)

@@ -59,6 +59,7 @@ class MaRSConfig:
     dtype: str = "float32"  # compute dtype ("bfloat16" for mixed precision)
     param_dtype: str = "float32"
     attention_impl: str | None = None  # None (XLA picks), "xla" or "cudnn"
+    remat: str = "none"  # per-block activation remat: "none", "full" or "dots" (layers.py)
 
     def __post_init__(self):
         def fail(msg):
@@ -87,6 +88,8 @@ class MaRSConfig:
                 fail(f"{name} {getattr(self, name)!r} is not a dtype")
         if self.attention_impl not in (None, "xla", "cudnn"):
             fail(f"attention_impl must be None, 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.remat not in layers.REMAT_POLICIES:
+            fail(f"remat must be one of {tuple(layers.REMAT_POLICIES)}, got {self.remat!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MaRSConfig:
@@ -133,7 +136,7 @@ class MaRS(nnx.Module):
         self.config = config
         c = config
         kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), rngs=rngs)
-        attn = dict(attention_impl=c.attention_impl, **kw)
+        attn = dict(attention_impl=c.attention_impl, remat=c.remat, **kw)
         enc = dict(patch_size=c.patch_size, width=c.encoder.width, depth=c.encoder.depth,
                    num_heads=c.encoder.num_heads, mlp_dim=c.encoder.mlp_dim, **attn)
         dec = dict(in_dim=c.encoder.width, width=c.decoder.width, depth=c.decoder.depth,

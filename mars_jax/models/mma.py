@@ -28,12 +28,13 @@ class MetaModalityAttention(nnx.Module):
     def __init__(
         self, num_layers: int, dim: int, num_heads: int, mlp_dim: int, *,
         norm: layers.Norm = "post", dtype=jnp.float32, param_dtype=jnp.float32,
-        attention_impl: Literal["xla", "cudnn"] | None = None, rngs: nnx.Rngs,
+        attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
+        rngs: nnx.Rngs,
     ):
         self.layers = nnx.List([
             layers.TransformerBlock(dim, num_heads, mlp_dim, norm=norm, dtype=dtype,
                                     param_dtype=param_dtype, attention_impl=attention_impl,
-                                    rngs=rngs)
+                                    remat=remat, rngs=rngs)
             for _ in range(num_layers)
         ])
 

@@ -59,7 +59,8 @@ class ViTEncoder(nnx.Module):
     def __init__(
         self, *, patch_size: int, in_channels: int, width: int, depth: int, num_heads: int,
         mlp_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
-        attention_impl: Literal["xla", "cudnn"] | None = None, rngs: nnx.Rngs,
+        attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
+        rngs: nnx.Rngs,
     ):
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -69,7 +70,7 @@ class ViTEncoder(nnx.Module):
                                         ("patch", "embed"), **kw)
         self.blocks = nnx.List([
             layers.TransformerBlock(width, num_heads, mlp_dim, norm="pre",
-                                    attention_impl=attention_impl, **kw)
+                                    attention_impl=attention_impl, remat=remat, **kw)
             for _ in range(depth)
         ])
         self.norm = layers.layer_norm(width, **kw)

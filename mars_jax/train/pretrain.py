@@ -29,7 +29,7 @@ from mars_jax.models import MaRS, MaRSConfig
 from mars_jax.train import flops, images
 from mars_jax.train.checkpoint import Checkpointer
 from mars_jax.train.metrics import MetricAccumulator, MetricLogger, Progress, console_line
-from mars_jax.train.objective import LossConfig, pretraining_loss
+from mars_jax.train.objective import CGCLTemperatures, LossConfig, pretraining_loss
 from mars_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 
 _SECTION_KEYS = {
@@ -142,6 +142,8 @@ def model_and_optimizer(plan: Plan, seed: int, total_steps: int):
 
     def create() -> tuple[MaRS, nnx.Optimizer]:
         model = MaRS(plan.model, rngs=nnx.Rngs(seed))
+        if plan.loss.learnable_temperatures:  # trained and checkpointed with the model
+            model.cgcl_temperatures = CGCLTemperatures(plan.loss.temperatures)
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
@@ -165,9 +167,13 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
     accum = plan.optim.grad_accum_steps
     base_key = jax.random.key(seed + 1)
 
+    grid_width = plan.image_size // plan.model.patch_size
+
     def loss_fn(model: MaRS, batch: Mapping[str, jax.Array], key: jax.Array):
         out = model(batch["optical"], batch["sar"], key=key, valid=batch["valid"])
-        return pretraining_loss(out, plan.loss)
+        temperatures = model.cgcl_temperatures() if plan.loss.learnable_temperatures else None
+        return pretraining_loss(out, plan.loss, temperatures=temperatures,
+                                grid_width=grid_width)
 
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
 
