@@ -13,18 +13,23 @@ only one [chunk, chunk] logits block lives at a time:
 
   m' = max(m, max_l x_l),    s' = s * exp(m - m') + sum_l exp(x_l - m'),    lse = m + log s
 
-The backward pass (``jax.custom_vjp``) recomputes each block from the saved operands and the
-per-row lse (O(M) residual): p_il = exp(logit_il - lse_i) is the row softmax and, with g_i the
-cotangent of lse_i and w_il = g_i p_il,
+The backward pass recomputes each block from the operands and the per-row lse (O(M)
+residual): p_il = exp(logit_il - lse_i) is the row softmax and, with g_i the cotangent of row
+i's loss and w_il = g_i p_il,
 
-  dq_i = c sum_l w_il k_l,      dk_l = c sum_i w_il q_i,      dc = sum_il w_il q_i . k_l
+  dq_i = c (sum_l w_il k_l - g_i k_pos(i)),   dk_l = c sum_i w_il q_i - c sum_{i: pos(i)=l} g_i q_i,
+  dc   = sum_il w_il q_i . k_l - sum_i g_i q_i . k_pos(i)
 
-(dc makes learnable temperatures work). dq and dk are accumulated in place, one block at a time,
-in float32 buffers of the operands' shape, and returned in the operand dtype.
+(dc makes learnable temperatures work). The positive's part is added in float32 inside the
+same block as the softmax part: the two nearly cancel when the loss is small.
 
-With ``ring=(axes, shards)`` (inside ``jax.shard_map``) k is this device's shard of the keys:
-the shards travel around a ring of ``ppermute``s, and in the backward pass each shard's
-gradient travels with it and is home, complete, after a full turn (cgcl_sharded.py).
+``local_cgcl_sums`` is one custom VJP for all three terms: its residuals are only the inputs
+and the per-row lse; the backward pass recomputes the unit operands (one block of images at a
+time, ``unit_rows_and_means``) and adds every term's gradient, one logits block at a time, into
+one float32 buffer per modality. With a ring (inside ``jax.shard_map``) k is this device's
+shard of the keys: the shards travel around a ring of ``ppermute``s, one block at a time, and
+in the backward pass each shard's gradient travels with it and is home, complete, after a full
+turn (cgcl_sharded.py).
 
 ``key_dtype`` (e.g. bfloat16) is the matmul operand dtype: unit embeddings are stored in it (and
 their gradients returned in it), products are accumulated in the compute dtype (float32, or
