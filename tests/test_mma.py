@@ -1,10 +1,12 @@
 """Meta-Modality Attention: layer parity, information flow, float64 reference."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from mars_jax import parallel
 from mars_jax.models.mma import MetaModalityAttention, layer_kind
 from tests import reference
 from tests.helpers import block_params, perturb_params
@@ -68,3 +70,21 @@ def test_matches_reference(norm):
 def test_rejects_mismatched_token_sets():
     with pytest.raises(ValueError, match=r"\(3, 5, 16\) and \(3, 4, 16\)"):
         mma(2)(jnp.zeros((3, 5, 16)), jnp.zeros((3, 4, 16)))
+
+
+def test_batch_sharded_mma_moves_no_activations_between_devices():
+    # Intra layers regroup [B, 2N, D] as [2B, N, D] by a reshape, so each device keeps its own
+    # examples: the compiled forward + backward has no collective-permute or all-to-all.
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    mesh = parallel.create_mesh({"data": 8})
+    graphdef, state = nnx.split(mma(4))
+
+    def loss(state, z_rgb, z_sar):
+        f_rgb, f_sar = nnx.merge(graphdef, state)(z_rgb, z_sar)
+        return jnp.sum(f_rgb * f_sar)
+
+    spec = jax.ShapeDtypeStruct((16, 5, D), jnp.float32, sharding=parallel.batch_sharding(mesh))
+    hlo = jax.jit(jax.grad(loss)).lower(state, spec, spec).compile().as_text()
+    for collective in ("collective-permute", "all-to-all"):
+        assert f" {collective}(" not in hlo and f" {collective}-start(" not in hlo, collective

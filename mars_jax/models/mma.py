@@ -47,13 +47,15 @@ class MetaModalityAttention(nnx.Module):
         if z_rgb.shape != z_sar.shape:
             raise ValueError(
                 f"MMA needs RGB and SAR tokens of one shape, got {z_rgb.shape} and {z_sar.shape}")
-        b, n, _ = z_rgb.shape
+        b, n, d = z_rgb.shape
         t = jnp.concatenate([z_rgb, z_sar], axis=1)  # T = [Z_RGB; Z_SAR]
         for i, layer in enumerate(self.layers):
             if layer_kind(i) == "intra":
-                halves = jnp.concatenate([t[:, :n], t[:, n:]], axis=0)  # [2B, N, D]
-                halves = layer(halves)
-                t = jnp.concatenate([halves[:b], halves[b:]], axis=1)
+                # [B, 2N, D] -> [2B, N, D] by a reshape: rows 2i and 2i+1 are image i's RGB and
+                # SAR halves. Concatenating the halves along the batch instead would put all RGB
+                # rows before all SAR rows, which on a batch-sharded mesh moves every
+                # activation to another device (collective-permutes) and back, each layer.
+                t = layer(t.reshape(2 * b, n, d)).reshape(b, 2 * n, d)
             else:
                 t = layer(t)
         return t[:, :n], t[:, n:]
