@@ -30,7 +30,7 @@ run() {  # name, seconds, command...
   local name=$1 seconds=$2; shift 2
   echo "== $name"
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
-  echo "   exit $? ($name)"; grep -E "pretrain_step|TFLOP|pairs/s|img/s|^ +[0-9,]+ " "$OUT/$name.log"
+  echo "   exit $? ($name)"; grep -E "pretrain_step|mars_like|TFLOP|pairs/s|img/s|^ *M |^ +[0-9,]+ " "$OUT/$name.log"
 }
 
 if [ -d .yard ]; then  # the yardsticks: matmul peak, plain ViT-B/16, plain-JAX MaRS-B step
