@@ -10,12 +10,11 @@
 #     -d .whl grain==0.2.18 ml-collections==1.1.0 clu==0.0.12 array-record==0.8.6 ...
 # Then run it with carry=[".whl", ".yard"]:  bash launch/gpu_bench.sh
 # On a CPU, tiny shapes check the script itself:
-#   CONFIG=tiny BATCHES=8 PATCHES=2048 DIM=64 YARD_SMALL=1 bash launch/gpu_bench.sh
+#   CONFIG=tiny STEPS="8:none 8:dots" PATCHES=2048 DIM=64 YARD_SMALL=1 bash launch/gpu_bench.sh
 set -u
 OUT=${OUT:-/tmp/gpu_bench}; mkdir -p "$OUT"
 CONFIG=${CONFIG:-base}
-BATCHES=${BATCHES:-64 128}
-REMATS=${REMATS:-none dots full}
+STEPS=${STEPS:-64:none 128:dots 256:full}  # batch:remat, one compiled step each
 PATCHES=${PATCHES:-8192,52480,262144,1048576}
 DIM=${DIM:-768}
 export PYTHONUNBUFFERED=1
@@ -36,18 +35,18 @@ run() {  # name, seconds, command...
 if [ -d .yard ]; then  # the yardsticks: matmul peak, plain ViT-B/16, plain-JAX MaRS-B step
   small=${YARD_SMALL:+ANCHOR_SMALL=1}
   run yard_anchor 150 env $small python3 .yard/anchor_vit_and_matmul.py jax
+  [ -z "$small" ] && run yard_anchor_torch 150 python3 .yard/anchor_vit_and_matmul.py torch
   run yard_plain_step 120 env $small PAIRS=64 python3 .yard/plain_jax_mars_step.py
 fi
 dtype=bfloat16; attention=cudnn
 if python3 -c "import jax,sys; sys.exit(jax.devices()[0].platform != 'cpu')"; then
   dtype=float32; attention=xla
 fi
-for batch in $BATCHES; do
-  for remat in $REMATS; do
-    run "step_${CONFIG}_b${batch}_${remat}" 150 python3 bench/pretrain_step.py \
-      --config="configs/pretrain.py:$CONFIG" --config.input.batch_size="$batch" \
-      --config.model.dtype=$dtype --config.model.attention_impl=$attention \
-      --config.model.remat="$remat"
-  done
+for step in $STEPS; do
+  batch=${step%%:*}; remat=${step##*:}
+  run "step_${CONFIG}_b${batch}_${remat}" 150 python3 bench/pretrain_step.py \
+    --config="configs/pretrain.py:$CONFIG" --config.input.batch_size="$batch" \
+    --config.model.dtype=$dtype --config.model.attention_impl=$attention \
+    --config.model.remat="$remat"
 done
 run cgcl 180 python3 bench/cgcl_bench.py --patches "$PATCHES" --dim "$DIM" --repeats 5
