@@ -91,3 +91,26 @@ def test_million_patches_over_8_devices_fit_in_1_gib_per_device():
     local_embeddings = 2048 * 512 * 256 * 4 // 8  # one [M/8, D] float32 array: 128 MiB
     assert memory.argument_size_in_bytes == 2 * local_embeddings  # really per device
     assert memory.temp_size_in_bytes < 2**30, memory.temp_size_in_bytes / 2**20
+
+
+@pytest.mark.parametrize("keys", ["gather", "ring"])
+def test_replicated_axis_when_the_batch_does_not_cover_every_device(keys):
+    # B = 4 on mesh (2, 2, 2): split over data x fsdp, replicated over tensor. Gradients for
+    # the embeddings and the (learnable) temperatures must not be counted once per replica.
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    mesh = parallel.create_mesh(dict(data=2, fsdp=2, tensor=2))
+    zr, zs = inputs((4, 5, 16))
+    taus = jnp.asarray([0.05, 0.07, 0.1])
+
+    def loss(t, a, b, **kw):
+        return cgcl_loss(a, b, tau_patch=t[0], tau_global=t[1], tau_cross=t[2], alpha=0.7,
+                         beta=1.3, gamma=0.9, **kw)[0]
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(taus, zr, zs)
+    sharding = parallel.batch_sharding(mesh)
+    got = jax.jit(jax.grad(
+        lambda t, a, b: loss(t, a, b, impl="sharded", mesh=mesh, keys=keys, chunk_size=3),
+        argnums=(0, 1, 2)))(taus, jax.device_put(zr, sharding), jax.device_put(zs, sharding))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(w))))
