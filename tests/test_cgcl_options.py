@@ -1,5 +1,7 @@
 """CGCL options from the paper: hard negatives and learnable temperatures, in every impl."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,12 +113,13 @@ def test_temperature_gradients_match_finite_differences_float64():
     with jax.enable_x64(True):
         taus = jnp.asarray([0.2, 0.3, 0.4], jnp.float64)
 
+        @functools.partial(jax.jit, static_argnums=1)
         def loss(t, impl):
             return cgcl_loss(zr, zs, tau_patch=t[0], tau_global=t[1], tau_cross=t[2],
                              impl=impl, chunk_size=5)[0]
 
         for impl in ("dense", "blockwise"):
-            grad = jax.grad(loss)(taus, impl)
+            grad = jax.jit(jax.grad(loss), static_argnums=1)(taus, impl)
             eps = 1e-6
             for i in range(3):
                 step = jnp.zeros(3, jnp.float64).at[i].set(eps)
