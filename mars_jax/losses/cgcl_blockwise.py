@@ -24,12 +24,12 @@ i's loss and w_il = g_i p_il,
 same block as the softmax part: the two nearly cancel when the loss is small.
 
 ``local_cgcl_sums`` is one custom VJP for all three terms: its residuals are only the inputs
-and the per-row lse; the backward pass recomputes the unit operands (one block of images at a
-time, ``unit_rows_and_means``) and adds every term's gradient, one logits block at a time, into
-one float32 buffer per modality. With a ring (inside ``jax.shard_map``) k is this device's
-shard of the keys: the shards travel around a ring of ``ppermute``s, one block at a time, and
-in the backward pass each shard's gradient travels with it and is home, complete, after a full
-turn (cgcl_sharded.py).
+and the per-row lse; the backward pass recomputes the unit operands (one block of images at
+a time, ``_unit_fwd`` / ``_unit_bwd``) and adds every term's gradient, one logits block at a
+time, into one float32 buffer per modality. With a ring (inside ``jax.shard_map``) k is this
+device's shard of the keys: the shards travel around a ring of ``ppermute``s, one block at a
+time, and in the backward pass each shard's gradient travels with it and is home, complete,
+after a full turn (cgcl_sharded.py).
 
 ``key_dtype`` (e.g. bfloat16) is the matmul operand dtype: unit embeddings are stored in it (and
 their gradients returned in it), products are accumulated in the compute dtype (float32, or
@@ -202,19 +202,6 @@ def _shift(tree, axes: tuple[str, ...], shards: int):
 # ------------------------------------------------------------------------------------------
 # Streamed InfoNCE rows with a hand-written backward pass
 # ------------------------------------------------------------------------------------------
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def streaming_info_nce(q: jax.Array, k: jax.Array, scale: jax.Array, positives: jax.Array,
-                       q_meta, k_meta, settings: Streaming) -> jax.Array:
-    """Per-query InfoNCE  lse_i - c q_i . k_{positives_i}, with
-    lse_i = log sum_l exp(c q_i . k_l + bias_il), for q [Q, D], k [K, D], c = ``scale``,
-    never forming the Q x K matrix. Accumulates in scale's dtype; q and k are the matmul
-    operands as given (their gradients come back in their dtype).
-    positives: [Q] int indices into k (with a ring: into this device's shard, k).
-    q_meta / k_meta: [Q, 3] / [K, 3] int32 (image, row, col) for hard negatives, else None.
-    With ``settings.ring``, k is this device's shard and the sum runs over every shard."""
-    return _nce_fwd(q, k, scale, positives, q_meta, k_meta, settings)[0]
-
-
 def _ring_steps(settings: Streaming) -> tuple[int, callable]:
     if settings.ring is None:
         return 1, lambda tree: tree
@@ -281,18 +268,6 @@ def _grad_buffer(x: jax.Array, chunk_size: int, dtype) -> jax.Array:
     return jnp.zeros((-(-x.shape[0] // size), size, x.shape[1]), dtype)
 
 
-def _nce_bwd(settings, residuals, g):
-    q, k, scale, positives, q_meta, k_meta, lse = residuals
-    acc = scale.dtype
-    dq, dk, dscale = _nce_grads(settings, q, k, scale, positives, q_meta, k_meta, lse, g,
-                                _grad_buffer(q, settings.chunk_size, acc),
-                                _grad_buffer(k, settings.chunk_size, acc))
-    dq = _from_blocks(dq, q.shape[0]).astype(q.dtype)
-    dk = _from_blocks(dk, k.shape[0]).astype(k.dtype)
-    return dq, dk, dscale.astype(acc).reshape(scale.shape), None, None, None
-
-
-streaming_info_nce.defvjp(_nce_fwd, _nce_bwd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -316,14 +291,6 @@ def _normalise_group(z_grp, dtype):
     z = z_grp.astype(dtype)
     sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
     return z, sq, jax.lax.rsqrt(jnp.maximum(sq, _EPS * _EPS))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def unit_rows_and_means(z: jax.Array, operand, chunk_size: int):
-    """[B, N, D] -> unit rows z_ij / ||z_ij|| as [B*N, D] in ``operand`` dtype, and the image
-    means [B, D] in the compute dtype; both passes work on blocks of whole images, so no
-    float32 copy of z is ever formed (only z itself is kept for the backward pass)."""
-    return _unit_fwd(z, operand, chunk_size)[0]
 
 
 def _grouped(z, chunk_size):
@@ -363,7 +330,6 @@ def _unit_bwd(operand, chunk_size, z, cotangents):
     return (dz.reshape(b, n, d),)
 
 
-unit_rows_and_means.defvjp(_unit_fwd, _unit_bwd)
 
 
 # ------------------------------------------------------------------------------------------
