@@ -2,10 +2,13 @@ r"""What the compiled pretraining step contains, per device: memory, collectives
 
   python bench/hlo_report.py --config=configs/pretrain.py:tiny --config.mesh.data=4 \
       --config.mesh.fsdp=2 --remat=none,full,dots
+  python bench/hlo_report.py --config=configs/pretrain.py:base --remat=none \
+      --scan_layers=false,true        # compile time and program size with and without scan
 
 Builds the real train step of mars_jax.train.pretrain (the plan, the sharded abstract state,
-the jitted, donated step) for each ``--remat`` setting and compiles it for abstract inputs:
-nothing runs and no weights are initialised. For each setting it reports, per device,
+the jitted, donated step) for each ``--remat`` x ``--scan_layers`` setting and compiles it
+for abstract inputs: nothing runs and no weights are initialised. For each setting it
+reports, per device,
 
   * XLA's memory analysis: argument, output, alias, temp and generated-code bytes;
   * every collective in the optimised HLO (``compiled.as_text()``): count and result bytes
@@ -43,13 +46,15 @@ from jax.extend import core as jex_core  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mars_jax import parallel  # noqa: E402
+from mars_jax.data.contract import batch_spec  # noqa: E402
 from mars_jax.models.layers import REMAT_POLICIES  # noqa: E402
-from mars_jax.train.forward import random_batch  # noqa: E402
 from mars_jax.train.pretrain import jit_train_step, make_plan, model_and_optimizer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Config.")
 _REMAT = flags.DEFINE_list("remat", ["none", "full"],
                            f"model.remat settings to compile, from {tuple(REMAT_POLICIES)}.")
+_SCAN = flags.DEFINE_list("scan_layers", [], "model.scan_layers settings to compile (true / "
+                          "false); default: the config's.")
 _JSON = flags.DEFINE_bool("json", False, "Also print one JSON line per setting.")
 _DUMP = flags.DEFINE_string("dump_hlo", "", "Folder to write each optimised HLO text to.")
 
@@ -127,19 +132,20 @@ def traced_dots(jaxpr: jex_core.Jaxpr) -> int:
     return total
 
 
-def report(config, remat: str) -> dict[str, Any]:
-    """Compiles the train step of ``config`` with ``model.remat = remat`` and summarises it."""
+def report(config, remat: str, scan: bool | None = None) -> dict[str, Any]:
+    """Compiles the train step of ``config`` with ``model.remat = remat`` (and
+    ``model.scan_layers = scan`` unless None) and summarises it."""
     config = config.copy_and_resolve_references()
     config.model.remat = remat
+    if scan is not None:
+        config.model.scan_layers = scan
     plan = make_plan(config)
     graphdef, abstract_state, shardings, _ = model_and_optimizer(plan, config.seed,
                                                                  int(config.total_steps))
     step_fn = jit_train_step(graphdef, plan, config.seed, shardings)
     batch_sharding = parallel.batch_sharding(plan.mesh)
-    batch = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding),
-        jax.eval_shape(lambda: random_batch(jax.random.key(0), plan.global_batch,
-                                            plan.image_size, plan.model.sar_channels)))
+    batch = batch_spec(plan.global_batch, plan.image_size, plan.model.sar_channels,
+                       sharding=batch_sharding)
     step = jax.ShapeDtypeStruct((), jnp.int32)
     with jax.set_mesh(plan.mesh):
         traced = step_fn.trace(abstract_state, batch, step)
@@ -149,11 +155,13 @@ def report(config, remat: str) -> dict[str, Any]:
     text = compiled.as_text()
     if _DUMP.value:
         Path(_DUMP.value).mkdir(parents=True, exist_ok=True)
-        Path(_DUMP.value, f"train_step_remat_{remat}.hlo.txt").write_text(text)
+        name = f"train_step_remat_{remat}_scan_{config.model.scan_layers}.hlo.txt"
+        Path(_DUMP.value, name).write_text(text)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     result = {
         "remat": remat,
+        "scan_layers": bool(config.model.scan_layers),
         "memory": {name: getattr(memory, field, None) if memory is not None else None
                    for name, field in MEMORY_FIELDS},
         **hlo_summary(text),
@@ -202,7 +210,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in results]))
     rows.append(("compile seconds", [f"{r['compile_s']:.1f}" for r in results]))
 
-    header = ["per device"] + [f"remat={r['remat']}" for r in results]
+    header = ["per device"] + [f"remat={r['remat']} scan={r['scan_layers']}" for r in results]
     widths = [max(len(header[0]), *(len(name) for name, _ in rows))] + [
         max(len(header[i + 1]), *(len(cells[i]) for _, cells in rows))
         for i in range(len(results))]
@@ -222,7 +230,11 @@ def main(argv):
     if unknown or not settings:
         raise app.UsageError(f"--remat: unknown settings {unknown}; choose from "
                              f"{tuple(REMAT_POLICIES)}")
-    results = [report(config, remat) for remat in settings]
+    scans = [s.strip().lower() for s in _SCAN.value]
+    if any(s not in ("true", "false") for s in scans):
+        raise app.UsageError(f"--scan_layers: settings are true / false, got {scans}")
+    results = [report(config, remat, None if scan is None else scan == "true")
+               for remat in settings for scan in (scans or [None])]
     first = results[0]
     device = jax.devices()[0]
     print(f"hlo_report: config {config.get('variant', '?')}, mesh {first['mesh']}, "

@@ -20,8 +20,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mars_jax import parallel
+from mars_jax.data.contract import random_batch
 from mars_jax.train import flops
-from mars_jax.train.forward import random_batch
 from mars_jax.train.pretrain import initial_state, jit_train_step, make_plan, model_and_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Config.")
@@ -62,6 +62,7 @@ def main(argv):
         "config": config.get("variant", "?"), "device": jax.devices()[0].device_kind,
         "devices": jax.device_count(), "mesh": dict(plan.mesh.shape),
         "pairs": plan.global_batch, "image": plan.image_size, "dtype": plan.model.dtype,
+        "remat": plan.model.remat, "scan_layers": plan.model.scan_layers,
         "pairs_per_s": round(plan.global_batch / step_s, 2),
         "step_ms": round(step_s * 1e3, 2), "compile_s": round(compile_s, 1),
         "train_gflops_per_pair": round(step_flops / plan.global_batch / 1e9, 2),

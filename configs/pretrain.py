@@ -9,47 +9,58 @@ r"""MaRS pretraining configs: ``--config=configs/pretrain.py:VARIANT``.
 Anything can be overridden on the command line, e.g. ``--config.model.mask_ratio=0.75``.
 """
 
+import dataclasses
+
 import ml_collections
 
-VARIANTS = ("tiny", "small", "base", "large")
-
-_ENCODER = {  # width, depth, heads, mlp (ViT-S / B / L for the named sizes)
-    "tiny": (64, 2, 2, 256),
-    "small": (384, 12, 6, 1536),
-    "base": (768, 12, 12, 3072),
-    "large": (1024, 24, 16, 4096),
-}
-_DECODER = {  # light MAE-style decoders
-    "tiny": (32, 1, 2, 128),
-    "small": (256, 4, 8, 1024),
-    "base": (512, 4, 16, 2048),
-    "large": (512, 8, 16, 2048),
-}
-_SHAPE = {  # image size, patch size, MMA layers, global batch
-    "tiny": (64, 8, 2, 8),
-    "small": (256, 16, 4, 256),
-    "base": (512, 16, 4, 1024),
-    "large": (512, 16, 6, 1024),
-}
-_SCHEDULE = {  # total steps, warmup steps, log every, checkpoint every
-    "tiny": (60, 10, 10, 30),
-    "small": (100_000, 5_000, 50, 1_000),
-    "base": (200_000, 10_000, 50, 1_000),
-    "large": (200_000, 10_000, 50, 1_000),
-}
+from mars_jax.models import DECODER_PRESETS, ENCODER_PRESETS
 
 
-def _transformer(width: int, depth: int, num_heads: int, mlp_dim: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim))
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named size: model presets (mars_jax.models.ENCODER_PRESETS / DECODER_PRESETS),
+    input shape and schedule."""
+
+    encoder: str
+    decoder: str
+    image_size: int
+    patch_size: int
+    mma_layers: int
+    batch_size: int  # global batch, pairs per step
+    total_steps: int
+    warmup_steps: int
+    log_every: int
+    checkpoint_every: int
+    scan_layers: bool = False
+
+
+VARIANTS = {
+    "tiny": Variant(encoder="mu", decoder="mu", image_size=64, patch_size=8, mma_layers=2,
+                    batch_size=8, total_steps=60, warmup_steps=10, log_every=10,
+                    checkpoint_every=30),
+    "small": Variant(encoder="S", decoder="S", image_size=256, patch_size=16, mma_layers=4,
+                     batch_size=256, total_steps=100_000, warmup_steps=5_000, log_every=50,
+                     checkpoint_every=1_000, scan_layers=True),
+    "base": Variant(encoder="B", decoder="B", image_size=512, patch_size=16, mma_layers=4,
+                    batch_size=1024, total_steps=200_000, warmup_steps=10_000, log_every=50,
+                    checkpoint_every=1_000, scan_layers=True),
+    "large": Variant(encoder="L", decoder="L", image_size=512, patch_size=16, mma_layers=6,
+                     batch_size=1024, total_steps=200_000, warmup_steps=10_000, log_every=50,
+                     checkpoint_every=1_000, scan_layers=True),
+}
+
+
+def _transformer(name: str, presets) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(presets[name].to_dict())
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "tiny"
     if variant not in VARIANTS:
-        raise ValueError(f"unknown pretrain config variant {variant!r}; choose from {VARIANTS}")
-    image_size, patch_size, mma_layers, batch_size = _SHAPE[variant]
-    total_steps, warmup_steps, log_every, checkpoint_every = _SCHEDULE[variant]
+        raise ValueError(f"unknown pretrain config variant {variant!r}; choose from "
+                         f"{tuple(VARIANTS)}")
+    v = VARIANTS[variant]
+    image_size, batch_size = v.image_size, v.batch_size
 
     config = ml_collections.ConfigDict()
     config.variant = variant
@@ -61,11 +72,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Fields of mars_jax.models.MaRSConfig; unknown keys are rejected when the model is built.
     config.model = ml_collections.ConfigDict()
-    config.model.encoder = _transformer(*_ENCODER[variant])
-    config.model.decoder = _transformer(*_DECODER[variant])
-    config.model.mma_layers = mma_layers
+    config.model.encoder = _transformer(v.encoder, ENCODER_PRESETS)
+    config.model.decoder = _transformer(v.decoder, DECODER_PRESETS)
+    config.model.mma_layers = v.mma_layers
     config.model.mma_norm = "post"  # the paper's T = LN(H(T) + T); "pre" is the option
-    config.model.patch_size = patch_size
+    config.model.patch_size = v.patch_size
     config.model.optical_channels = 3
     config.model.sar_channels = 1  # VV or HH
     config.model.mask_ratio = 0.6
@@ -78,6 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"
     config.model.attention_impl = ml_collections.config_dict.placeholder(str)  # None: XLA picks
     config.model.remat = "none"  # per-block activation remat: "none", "full" or "dots" (layers.py)
+    # nnx.scan over each stack's layers (models/stack.py): one block in the program, not 12+;
+    # the same numbers as unscanned (same initialisation), faster compiles of deep models.
+    config.model.scan_layers = v.scan_layers
 
     # L = L_mim_rgb + L_mim_sar + cgcl_weight * (alpha L_patch + beta L_global + gamma L_cross)
     config.loss = ml_collections.ConfigDict()
@@ -104,11 +118,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.adaptive_tau = 1.0
 
     # Fields of mars_jax.train.optim.OptimConfig. MAE's rule: lr = 1.5e-4 * batch / 256.
-    config.total_steps = total_steps
+    config.total_steps = v.total_steps
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1.5e-4 * max(batch_size, 256) / 256
     config.optim.end_learning_rate_fraction = 0.0
-    config.optim.warmup_steps = warmup_steps
+    config.optim.warmup_steps = v.warmup_steps
     config.optim.weight_decay = 0.05
     config.optim.b1 = 0.9
     config.optim.b2 = 0.95
@@ -120,8 +134,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # parameters and optimiser state along their `embed` axis; tensor parallelism splits heads
     # and MLP hidden units.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # `layers` is the leading axis of scanned stacks (model.scan_layers): never sharded.
     config.sharding_rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-                             ("kv", None), ("patch", None))
+                             ("kv", None), ("patch", None), ("layers", None))
 
     # Input: "synth" streams SynthVHR (no preparation), "shards" reads ingested ArrayRecord
     # shards (python -m mars_jax.data.ingest), "tfds" a prepared TFDS dataset.
@@ -137,13 +152,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.workers = 0  # grain worker processes (0: in the main process)
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = checkpoint_every  # and at the end; 0: only on SIGTERM
+    config.checkpoint.every_steps = v.checkpoint_every  # and at the end; 0: only on SIGTERM
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
 
     config.log = ml_collections.ConfigDict()
-    config.log.every_steps = log_every
-    config.log.images_every_steps = checkpoint_every
+    config.log.every_steps = v.log_every
+    config.log.images_every_steps = v.checkpoint_every
     config.log.progress = True
     config.log.tensorboard = True
     return config

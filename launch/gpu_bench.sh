@@ -10,11 +10,14 @@
 #     -d .whl grain==0.2.18 ml-collections==1.1.0 clu==0.0.12 array-record==0.8.6 ...
 # Then run it with carry=[".whl", ".yard"]:  bash launch/gpu_bench.sh
 # On a CPU, tiny shapes check the script itself:
-#   CONFIG=tiny STEPS="8:none 8:dots" PATCHES=2048 DIM=64 YARD_SMALL=1 bash launch/gpu_bench.sh
+#   CONFIG=tiny STEPS="8:none:scan 8:dots:unscanned" PATCHES=2048 DIM=64 YARD_SMALL=1 \
+#     bash launch/gpu_bench.sh
 set -u
 OUT=${OUT:-/tmp/gpu_bench}; mkdir -p "$OUT"
 CONFIG=${CONFIG:-base}
-STEPS=${STEPS:-64:none 128:dots 256:full}  # batch:remat, one compiled step each
+# batch:remat[:scan|unscanned], one compiled step each (scan: nnx.scan over layers, the
+# default of base / large)
+STEPS=${STEPS:-64:none:scan 64:none:unscanned 128:dots:scan 256:full:scan}
 PATCHES=${PATCHES:-8192,52480,262144,1048576}
 DIM=${DIM:-768}
 export PYTHONUNBUFFERED=1
@@ -43,10 +46,12 @@ if python3 -c "import jax,sys; sys.exit(jax.devices()[0].platform != 'cpu')"; th
   dtype=float32; attention=xla
 fi
 for step in $STEPS; do
-  batch=${step%%:*}; remat=${step##*:}
-  run "step_${CONFIG}_b${batch}_${remat}" 150 python3 bench/pretrain_step.py \
+  IFS=: read -r batch remat layout <<< "$step"
+  layout=${layout:-scan}
+  scan=True; [ "$layout" = unscanned ] && scan=False
+  run "step_${CONFIG}_b${batch}_${remat}_${layout}" 150 python3 bench/pretrain_step.py \
     --config="configs/pretrain.py:$CONFIG" --config.input.batch_size="$batch" \
     --config.model.dtype=$dtype --config.model.attention_impl=$attention \
-    --config.model.remat="$remat"
+    --config.model.remat="$remat" --config.model.scan_layers=$scan
 done
 run cgcl 180 python3 bench/cgcl_bench.py --patches "$PATCHES" --dim "$DIM" --repeats 5

@@ -6,17 +6,37 @@ import pytest
 
 # 8 simulated CPU devices for the sharding tests, and less LLVM optimisation: the tests'
 # programs are tiny and compiling dominates (about 30% faster). Set before jax is imported.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS",
-                      f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
+# Appended to the user's XLA_FLAGS, not in place of them; a flag the user already set wins.
+TEST_DEVICE_COUNT = 8
+TEST_XLA_FLAGS = (f"--xla_force_host_platform_device_count={TEST_DEVICE_COUNT}",
+                  "--xla_backend_optimization_level=0")
+
+
+def with_test_xla_flags(flags: str) -> str:
+    """``flags`` plus each of TEST_XLA_FLAGS whose name it does not already set."""
+    names = {part.split("=", 1)[0] for part in flags.split()}
+    extra = [flag for flag in TEST_XLA_FLAGS if flag.split("=", 1)[0] not in names]
+    return " ".join([*flags.split(), *extra])
+
+
+os.environ["XLA_FLAGS"] = with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ is a folder of files, not an installed package
+
+# Real GeoTIFF fixtures (TerraMesh samples, Apache-2.0, see its README), inside the repo.
+TERRAMESH_DIR = ROOT / "tests" / "data" / "terramesh-samples"
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def terramesh_dir() -> Path:
+    """The TerraMesh sample tiles: S2RGB/, S1RTC/, LULC/ GeoTIFFs, one per tile id each."""
+    return TERRAMESH_DIR
 
 
 def pytest_configure(config):

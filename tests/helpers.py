@@ -1,23 +1,49 @@
 """Test helpers: perturbing parameters and reading them out for the NumPy references."""
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import numpy as np
 from flax import nnx
 
 from mars_jax.models.layers import TransformerBlock
+from mars_jax.models.stack import TransformerStack
 
 
-def perturb_params(module: nnx.Module, seed: int, scale: float = 0.2) -> None:
-    """Adds noise to every parameter, so zero biases and unit norms cannot hide a bug."""
+def _plain_path(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+def perturb_params(module: nnx.Module, seed: int, scale: float = 0.2, *,
+                   order: Callable[[tuple], Any] | None = None) -> None:
+    """Adds noise to every parameter, so zero biases and unit norms cannot hide a bug.
+
+    The noise is drawn leaf by leaf, in the state's flattening order, or sorted by
+    ``order(path)`` (``path`` a tuple of plain keys) to draw the same noise per parameter
+    whatever the module's current names.
+    """
     state = nnx.state(module, nnx.Param)
-    leaves, treedef = jax.tree.flatten(state)
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    draw = list(range(len(paths_leaves)))
+    if order is not None:
+        draw.sort(key=lambda i: order(_plain_path(paths_leaves[i][0])))
     rng = np.random.default_rng(seed)
-    noisy = [leaf + scale * rng.normal(size=leaf.shape).astype(leaf.dtype) for leaf in leaves]
+    noise = {}
+    for i in draw:
+        leaf = paths_leaves[i][1]
+        noise[i] = scale * rng.normal(size=leaf.shape).astype(leaf.dtype)
+    noisy = [leaf + noise[i] for i, (_, leaf) in enumerate(paths_leaves)]
     nnx.update(module, jax.tree.unflatten(treedef, noisy))
 
 
-def block_params(block: TransformerBlock) -> dict[str, np.ndarray]:
-    f64 = lambda v: np.asarray(v[...], np.float64)
+def block_params(block: TransformerBlock, index: int | None = None) -> dict[str, np.ndarray]:
+    """A block's parameters as float64 arrays; ``index`` picks one layer of a scanned block
+    (whose parameters carry a leading ``layers`` axis)."""
+    def f64(v):
+        value = np.asarray(v[...], np.float64)
+        return value if index is None else value[index]
+
     return {
         "ln1_scale": f64(block.ln1.scale), "ln1_bias": f64(block.ln1.bias),
         "ln2_scale": f64(block.ln2.scale), "ln2_bias": f64(block.ln2.bias),
@@ -26,3 +52,12 @@ def block_params(block: TransformerBlock) -> dict[str, np.ndarray]:
         "fc1_kernel": f64(block.mlp.fc1.kernel), "fc1_bias": f64(block.mlp.fc1.bias),
         "fc2_kernel": f64(block.mlp.fc2.kernel), "fc2_bias": f64(block.mlp.fc2.bias),
     }
+
+
+def stack_params(stack: TransformerStack) -> list[dict[str, np.ndarray]]:
+    """Every layer's ``block_params`` of a stack, in application order, in either layout
+    (scanned: layer ``g p + j`` is slice ``g`` of group member ``j``)."""
+    if stack.stacked is None:
+        return [block_params(block) for block in stack.layers]
+    period = len(stack.stacked)
+    return [block_params(stack.stacked[i % period], i // period) for i in range(stack.depth)]

@@ -19,7 +19,7 @@ def cosine(a, b, eps=1e-12) -> float:
 
 
 def cgcl(zr, zs, tau_p, tau_g, tau_c, alpha=1.0, beta=1.0, gamma=1.0):
-    """DESIGN.md's L_patch, L_global, L_cross, one log-softmax at a time."""
+    """docs/architecture.md's L_patch, L_global, L_cross, one log-softmax at a time."""
     zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
     b, n, _ = zr.shape
     patch = 0.0

@@ -147,3 +147,19 @@ def test_blockwise_impl_equals_dense(chunk):
         np.testing.assert_allclose(terms[name], dense[name], rtol=1e-5, err_msg=name)
     with pytest.raises(ValueError, match="'dense', 'blockwise' or 'sharded'"):
         cgcl_loss(jnp.asarray(zr), jnp.asarray(zs), impl="ring")
+
+
+@pytest.mark.parametrize("impl", ["dense", "blockwise", "sharded"])
+def test_every_impl_gets_every_argument_checked(impl):
+    """cgcl_loss checks all arguments before dispatching, whichever impl would use them."""
+    z = jnp.ones((2, 3, 8))
+    with pytest.raises(ValueError, match="chunk_size"):
+        cgcl_loss(z, z, impl=impl, chunk_size=0)
+    with pytest.raises(ValueError, match="key_dtype"):
+        cgcl_loss(z, z, impl=impl, key_dtype=jnp.int8)
+    with pytest.raises(ValueError, match="keys must be 'gather' or 'ring'"):
+        cgcl_loss(z, z, impl=impl, keys="broadcast")
+    with pytest.raises(ValueError, match="tau_global"):
+        cgcl_loss(z, z, impl=impl, tau_global=-1.0)
+    with pytest.raises(ValueError, match="empty embedding batch"):
+        cgcl_loss(jnp.ones((0, 3, 8)), jnp.ones((0, 3, 8)), impl=impl)

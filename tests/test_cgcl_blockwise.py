@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mars_jax.losses.cgcl import cgcl_loss
-from mars_jax.losses.cgcl_blockwise import blockwise_cgcl_terms
+from mars_jax.losses.cgcl.blockwise import blockwise_cgcl_terms
 from tests import reference
 
 TEMPS = dict(tau_patch=0.05, tau_global=0.07, tau_cross=0.1)

@@ -7,7 +7,7 @@ import pytest
 
 from mars_jax import parallel
 from mars_jax.losses import cgcl_loss
-from mars_jax.losses.cgcl_sharded import sharded_cgcl_terms
+from mars_jax.losses.cgcl.sharded import sharded_cgcl_terms
 
 TEMPS = dict(tau_patch=0.2, tau_global=0.3, tau_cross=0.4)
 WEIGHTS = {"patch": 0.7, "global": 1.3, "cross": 0.9}

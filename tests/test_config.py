@@ -10,6 +10,7 @@ from configs import pretrain
 from mars_jax.models import MaRSConfig
 from mars_jax.train.forward import run_forward
 from mars_jax.train.objective import LossConfig
+from mars_jax.typed_config import ConfigError
 
 
 @pytest.mark.parametrize("variant", pretrain.VARIANTS)
@@ -19,6 +20,7 @@ def test_variants_give_valid_model_and_loss_configs(variant):
     LossConfig.from_dict(config.loss.to_dict())
     assert config.input.image_size % model.patch_size == 0
     assert model.encoder.width % model.encoder.num_heads == 0
+    assert model.scan_layers == pretrain.VARIANTS[variant].scan_layers
 
 
 def test_base_is_the_papers_shape():
@@ -34,15 +36,25 @@ def test_unknown_keys_and_values_are_named():
     with pytest.raises(ValueError, match="unknown pretrain config variant 'huge'"):
         pretrain.get_config("huge")
     values = pretrain.get_config("tiny").model.to_dict()
-    with pytest.raises(ValueError, match=r"unknown keys \['mask_ratoi'\]"):
+    with pytest.raises(ConfigError, match=r"^model config: unknown keys \['mask_ratoi'\] "
+                                          r"\('mask_ratoi': did you mean 'mask_ratio'\?\); "
+                                          r"known keys: \[.*'mask_ratio'.*\]$"):
         MaRSConfig.from_dict({**values, "mask_ratoi": 0.5})
-    with pytest.raises(ValueError, match="sar_db_mean has 1 values for 2 channels"):
+    with pytest.raises(ConfigError, match=r"^model config: sar_db_mean must be one value per "
+                                          r"channel \(sar_db_mean has 1 values for 2 "
+                                          r"channels\), got \(-12\.0,\)$"):
         MaRSConfig.from_dict({**values, "sar_channels": 2})
-    with pytest.raises(ValueError, match="not divisible by num_heads"):
+    with pytest.raises(ConfigError, match=r"^transformer config: width must be divisible by "
+                                          r"num_heads 3 \(width 64 is not divisible by "
+                                          r"num_heads\), got 64$"):
         MaRSConfig.from_dict({**values, "encoder": dict(width=64, depth=2, num_heads=3,
                                                         mlp_dim=256)})
-    with pytest.raises(ValueError, match=r"unknown keys \['temperature'\]"):
+    with pytest.raises(ConfigError, match=r"^model config: scan_layers must be True or False, "
+                                          r"got 'yes'$"):
+        MaRSConfig.from_dict({**values, "scan_layers": "yes"})
+    with pytest.raises(ConfigError, match=r"^loss config: unknown keys \['temperature'\]"):
         LossConfig.from_dict({"temperature": 0.1})
+    assert issubclass(ConfigError, ValueError)
 
 
 def test_forward_job_reports_consistent_losses():

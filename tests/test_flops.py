@@ -10,22 +10,23 @@ from flax import nnx
 from jax.extend import core as jex_core
 
 from configs import pretrain
+from mars_jax.data.contract import random_batch
 from mars_jax.losses import cgcl_loss
 from mars_jax.models import MaRSConfig
 from mars_jax.train import flops
-from mars_jax.train.forward import build_model, random_batch
+from mars_jax.train.forward import build_model
 from mars_jax.train.objective import LossConfig, pretraining_loss
 
 BATCH = 4
 
 
-def small_config(*, mma_layers: int = 2, projection_dim: int = 0):
+def small_config(*, mma_layers: int = 2, projection_dim: int = 0, scan_layers: bool = False):
     """tiny, widened so that matmuls dominate as they do at scale (64x64 pairs, patch 8)."""
     config = pretrain.get_config("tiny")
     config.model.encoder.update(dict(width=128, num_heads=4, mlp_dim=512))
     config.model.decoder.update(dict(width=64, num_heads=2, mlp_dim=256))
     config.model.update(dict(patch_size=8, mask_ratio=0.6, mma_layers=mma_layers,
-                             projection_dim=projection_dim))
+                             projection_dim=projection_dim, scan_layers=scan_layers))
     return config
 
 
@@ -57,7 +58,8 @@ def cgcl_objective(out):
 
 
 def matmul_flops(jaxpr: jex_core.Jaxpr) -> int:
-    """2 x multiply-adds of every dot_general in a jaxpr, nested jaxprs included."""
+    """2 x multiply-adds of every dot_general in a jaxpr, nested jaxprs included (a scan's
+    body once per iteration: scanned layers)."""
     total = 0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
@@ -65,8 +67,9 @@ def matmul_flops(jaxpr: jex_core.Jaxpr) -> int:
             lhs_shape = eqn.invars[0].aval.shape
             contracted = int(np.prod([lhs_shape[d] for d in lhs_contracting]))
             total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+        repeats = eqn.params["length"] if eqn.primitive.name == "scan" else 1
         for sub in jex_core.jaxprs_in_params(eqn.params):
-            total += matmul_flops(sub)
+            total += repeats * matmul_flops(sub)
     return total
 
 
@@ -77,14 +80,17 @@ def inputs(image_hw=(64, 64)):
     return batch, jax.random.key(1)
 
 
-@pytest.mark.parametrize("mma_layers, projection_dim, image_hw", [
-    (2, 0, (64, 64)),
-    (3, 48, (64, 32)),  # two intra + one meta layer, CGCL projections, a non-square grid
+@pytest.mark.parametrize("mma_layers, projection_dim, image_hw, scan_layers", [
+    (2, 0, (64, 64), False),
+    (3, 48, (64, 32), False),  # two intra + one meta layer, CGCL projections, non-square grid
+    (4, 0, (64, 64), True),  # scanned stacks: MMA as two groups of (intra, meta)
 ])
-def test_forward_flops_equal_the_traced_matmuls(mma_layers, projection_dim, image_hw):
+def test_forward_flops_equal_the_traced_matmuls(mma_layers, projection_dim, image_hw,
+                                                scan_layers):
     # Model forward + CGCL loss: every matmul of it is in the analytic count and nothing else,
     # so the two must agree exactly (XLA's figure adds elementwise ops: next test).
-    config = small_config(mma_layers=mma_layers, projection_dim=projection_dim)
+    config = small_config(mma_layers=mma_layers, projection_dim=projection_dim,
+                          scan_layers=scan_layers)
     loss, state = loss_fn(config, cgcl_objective)
     batch, key = inputs(image_hw)
     traced = matmul_flops(jax.make_jaxpr(loss)(state, batch, key).jaxpr)
@@ -108,8 +114,9 @@ def test_forward_flops_against_xla_cost_analysis():
     assert 0.85 <= analytic["total"] / xla <= 1.0
 
 
-def test_train_flops_are_three_forwards_of_the_traced_gradient():
-    config = small_config()
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unscanned", "scanned"])
+def test_train_flops_are_three_forwards_of_the_traced_gradient(scan_layers):
+    config = small_config(scan_layers=scan_layers)
     loss, state = loss_fn(config, full_objective)
     batch, key = inputs()
     traced = matmul_flops(jax.make_jaxpr(jax.grad(loss))(state, batch, key).jaxpr)

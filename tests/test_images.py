@@ -6,11 +6,12 @@ import pytest
 from PIL import Image
 
 from configs import pretrain
+from mars_jax.data.contract import random_batch
 from mars_jax.losses.mim import normalize_patches
 from mars_jax.models import MaRSOutput
 from mars_jax.models.patches import Masking
 from mars_jax.train import images
-from mars_jax.train.forward import build_model, random_batch
+from mars_jax.train.forward import build_model
 
 PATCH, GRID, BATCH = 8, (8, 8), 3
 SIZE = PATCH * GRID[0]

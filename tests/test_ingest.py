@@ -23,9 +23,9 @@ from mars_jax.data.ingest import (
     tile_starts,
 )
 from mars_jax.data.records import ShardSource, list_shards
+from tests.conftest import TERRAMESH_DIR as TERRAMESH
 
 ROOT = Path(__file__).resolve().parents[1]
-TERRAMESH = ROOT.parent / "shared" / "data" / "terramesh-samples"
 TERRAMESH_IDS = sorted(path.stem for path in (TERRAMESH / "S2RGB").glob("*.tif"))
 
 

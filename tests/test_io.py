@@ -8,8 +8,8 @@ import rasterio
 from PIL import Image
 
 from mars_jax.data import io
+from tests.conftest import TERRAMESH_DIR as TERRAMESH
 
-TERRAMESH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "terramesh-samples"
 SCENE = "282D_485L_3_3"
 SCENE_TRANSFORM = (10.0, 0.0, 790236.0403820039, 0.0, -10.0, 7198039.252334285)
 

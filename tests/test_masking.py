@@ -8,6 +8,7 @@ from flax import nnx
 
 from mars_jax.models.decoder import MIMDecoder
 from mars_jax.models.patches import (
+    masking_from_noise,
     no_masking,
     num_visible,
     random_masking,
@@ -46,6 +47,21 @@ def test_mask_structure():
     np.testing.assert_array_equal(again.ids_keep, keep)
 
 
+def test_masking_from_noise_is_random_masking_of_that_noise():
+    key = jax.random.key(4)
+    m = random_masking(key, 3, 20, 0.6)
+    noise = jax.random.uniform(key, (3, 20))
+    from_noise = masking_from_noise(noise, 0.6)
+    for got, want in zip(from_noise, m, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # The patches with the smallest noise are the visible ones.
+    smallest = np.sort(np.argsort(np.asarray(noise), axis=1)[:, :8], axis=1)
+    np.testing.assert_array_equal(from_noise.ids_keep, smallest)
+    # Cutting a batch's noise gives each micro-batch the masks of the whole batch.
+    half = masking_from_noise(noise[1:], 0.6)
+    np.testing.assert_array_equal(half.ids_keep, m.ids_keep[1:])
+
+
 def test_restore_grid_puts_tokens_back_in_grid_order():
     m = random_masking(jax.random.key(2), 3, 20, 0.6)
     grid_ids = jnp.tile(jnp.arange(20, dtype=jnp.float32)[:, None], (3, 1, 1))  # [3, 20, 1]
@@ -67,6 +83,7 @@ def test_decoder_outputs_in_grid_order():
     # head(LN(mask_token + pos)) elsewhere. Recompute that per grid position by hand.
     dec = MIMDecoder(in_dim=8, width=16, depth=0, num_heads=2, mlp_dim=32, out_dim=5,
                      rngs=nnx.Rngs(0))
+    assert dec.blocks.depth == 0 and len(dec.blocks.layers) == 0
     grid = (3, 4)
     m = random_masking(jax.random.key(3), 2, 12, 0.5)
     tokens = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 8)), jnp.float32)

@@ -1,4 +1,4 @@
-"""Meta-Modality Attention: layer parity, information flow, float64 reference."""
+"""Meta-Modality Attention: layer parity, information flow, float64 reference, layouts."""
 
 import jax
 import jax.numpy as jnp
@@ -7,11 +7,13 @@ import pytest
 from flax import nnx
 
 from mars_jax import parallel
-from mars_jax.models.mma import MetaModalityAttention, layer_kind
+from mars_jax.models import convert_layers
+from mars_jax.models.mma import MetaModalityAttention, attention_pattern, layer_kind
 from tests import reference
-from tests.helpers import block_params, perturb_params
+from tests.helpers import perturb_params, stack_params
 
 B, N, D = 3, 5, 16
+LAYOUTS = pytest.mark.parametrize("scan_layers", [False, True], ids=["unscanned", "scanned"])
 
 
 def tokens(seed):
@@ -20,21 +22,35 @@ def tokens(seed):
             jnp.asarray(rng.normal(size=(B, N, D)), jnp.float32))
 
 
-def mma(layers, norm="post"):
+def mma(layers, norm="post", scan_layers=False):
+    """A perturbed MMA; scanned, it holds the very weights of the unscanned one."""
     module = MetaModalityAttention(layers, D, 2, 32, norm=norm, rngs=nnx.Rngs(layers))
     perturb_params(module, seed=layers)
-    return module
+    if not scan_layers:
+        return module
+    scanned = MetaModalityAttention(layers, D, 2, 32, norm=norm, scan_layers=True,
+                                    rngs=nnx.Rngs(layers))
+    state = nnx.state(scanned)
+    nnx.replace_by_pure_dict(state, convert_layers(nnx.to_pure_dict(nnx.state(module)),
+                                                   nnx.to_pure_dict(state)))
+    nnx.update(scanned, state)
+    return scanned
 
 
 def test_layer_parity_follows_the_paper():
     assert mma(4).kinds == ("intra", "meta", "intra", "meta")
     assert mma(3).kinds == ("intra", "meta", "intra")
+    assert mma(4, scan_layers=True).kinds == ("intra", "meta", "intra", "meta")
     assert [layer_kind(i) for i in range(2)] == ["intra", "meta"]
+    # The stack's attention scopes: intra layers within each modality, meta layers over all.
+    assert mma(3).blocks.pattern == attention_pattern(3) == ("intra", "full", "intra")
+    assert len(mma(3).blocks.layers) == 3
 
 
+@LAYOUTS
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_intra_layer_keeps_modalities_apart(norm):
-    module = mma(1, norm)
+def test_intra_layer_keeps_modalities_apart(norm, scan_layers):
+    module = mma(1, norm, scan_layers)
     z_rgb, z_sar = tokens(0)
     rgb, sar = module(z_rgb, z_sar)
     rgb2, sar2 = module(z_rgb, z_sar + 3.0 * jnp.asarray(np.random.default_rng(9).normal(
@@ -43,9 +59,10 @@ def test_intra_layer_keeps_modalities_apart(norm):
     assert np.abs(np.asarray(sar2 - sar)).max() > 1e-2
 
 
+@LAYOUTS
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_meta_layer_mixes_modalities_within_an_example(norm):
-    module = mma(2, norm)
+def test_meta_layer_mixes_modalities_within_an_example(norm, scan_layers):
+    module = mma(2, norm, scan_layers)
     z_rgb, z_sar = tokens(1)
     rgb, _ = module(z_rgb, z_sar)
     # Perturb the SAR tokens of example 0 only (randomly: LayerNorm erases a constant shift).
@@ -56,15 +73,32 @@ def test_meta_layer_mixes_modalities_within_an_example(norm):
     np.testing.assert_allclose(rgb2[1:], rgb[1:], atol=1e-6)  # other examples untouched
 
 
+@LAYOUTS
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_matches_reference(norm):
-    module = mma(3, norm)
+@pytest.mark.parametrize("layers", [3, 4])  # scanned: one group of 3, two groups of 2
+def test_matches_reference(norm, layers, scan_layers):
+    module = mma(layers, norm, scan_layers)
     z_rgb, z_sar = tokens(2)
     rgb, sar = nnx.jit(lambda m, a, b: m(a, b))(module, z_rgb, z_sar)
-    params = [block_params(layer) for layer in module.layers]
+    params = stack_params(module.blocks)
+    assert len(params) == layers
     want_rgb, want_sar = reference.mma(np.asarray(z_rgb), np.asarray(z_sar), params, norm)
     np.testing.assert_allclose(rgb, want_rgb, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(sar, want_sar, rtol=1e-4, atol=1e-4)
+
+
+@LAYOUTS
+def test_single_modality_is_every_layer_within_it(scan_layers):
+    # With one modality missing, every layer (intra or meta) attends over that modality's
+    # tokens alone: the reference's blocks applied in turn.
+    module = mma(3, "post", scan_layers)
+    z, _ = tokens(3)
+    got = nnx.jit(lambda m, a: m.single(a))(module, z)
+    params = stack_params(module.blocks)
+    want = np.asarray(z, np.float64)
+    for p in params:
+        want = np.stack([reference.block(want[i], p, "post") for i in range(B)])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_rejects_mismatched_token_sets():
@@ -72,13 +106,14 @@ def test_rejects_mismatched_token_sets():
         mma(2)(jnp.zeros((3, 5, 16)), jnp.zeros((3, 4, 16)))
 
 
-def test_batch_sharded_mma_moves_no_activations_between_devices():
+@LAYOUTS
+def test_batch_sharded_mma_moves_no_activations_between_devices(scan_layers):
     # Intra layers regroup [B, 2N, D] as [2B, N, D] by a reshape, so each device keeps its own
     # examples: the compiled forward + backward has no collective-permute or all-to-all.
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
     mesh = parallel.create_mesh({"data": 8})
-    graphdef, state = nnx.split(mma(4))
+    graphdef, state = nnx.split(mma(4, scan_layers=scan_layers))
 
     def loss(state, z_rgb, z_sar):
         f_rgb, f_sar = nnx.merge(graphdef, state)(z_rgb, z_sar)

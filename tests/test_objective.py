@@ -8,11 +8,11 @@ import pytest
 
 from configs import pretrain
 from mars_jax import parallel
+from mars_jax.data.contract import random_batch
 from mars_jax.losses import cgcl_loss
 from mars_jax.losses.cgcl import HardNegatives
 from mars_jax.models import MaRSOutput
 from mars_jax.models.patches import Masking
-from mars_jax.train.forward import random_batch
 from mars_jax.train.objective import LossConfig, pretraining_loss
 from mars_jax.train.pretrain import initial_state, make_plan, make_train_step, model_and_optimizer
 
@@ -104,7 +104,7 @@ def test_loss_config_rejects_bad_options():
         LossConfig(cgcl_keys="tree")
     with pytest.raises(ValueError, match="hard_negative_weight"):
         LossConfig(hard_negative_radius=1.0, hard_negative_weight=0.0)
-    with pytest.raises(ValueError, match="learnable tau_patch starts outside"):
+    with pytest.raises(ValueError, match=r"tau_patch must be in \[0.01, 1.0\]"):
         LossConfig(learnable_temperatures=True, tau_patch=0.001)
     with pytest.raises(ValueError, match="cgcl_key_dtype"):
         LossConfig(cgcl_key_dtype="bfloat17")
@@ -121,7 +121,7 @@ def test_learnable_temperatures_train_with_the_model():
     plan = make_plan(config, devices=jax.devices()[:1])
     graphdef, _, shardings, create = model_and_optimizer(plan, 0, 10)
     state = initial_state(plan, shardings, create)
-    log_tau = state[0]["cgcl_temperatures"]["log_tau"][...]
+    log_tau = state[0]["temperatures"]["log_tau"][...]
     np.testing.assert_allclose(np.exp(log_tau), [0.05, 0.07, 0.1], rtol=1e-6)
     step = jax.jit(make_train_step(graphdef, plan, seed=0))
     batch = random_batch(jax.random.key(0), 4, 32, 1)
@@ -129,5 +129,5 @@ def test_learnable_temperatures_train_with_the_model():
         new_state, metrics = step(state, batch, jnp.asarray(0))
     np.testing.assert_allclose([metrics[f"tau_{t}"] for t in ("patch", "global", "cross")],
                                [0.05, 0.07, 0.1], rtol=1e-6)
-    new_log_tau = new_state[0]["cgcl_temperatures"]["log_tau"][...]
+    new_log_tau = new_state[0]["temperatures"]["log_tau"][...]
     assert np.all(np.abs(new_log_tau - log_tau) > 1e-4)  # each temperature got a gradient

@@ -3,12 +3,8 @@
 import numpy as np
 import pytest
 
-from mars_jax.data.pipeline import (
-    PairedAugment,
-    check_pretraining_example,
-    make_pipeline,
-    per_process_batch_size,
-)
+from mars_jax.data.contract import check_pretraining_example
+from mars_jax.data.pipeline import PairedAugment, make_pipeline, per_process_batch_size
 
 
 class CodedSource:

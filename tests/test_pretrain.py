@@ -83,10 +83,11 @@ def test_parameters_are_sharded_by_the_rules():
     _, _, shardings, create = model_and_optimizer(plan, 0, 5)
     state = initial_state(plan, shardings, create)
     model_state, optimizer_state = state[0], state[1]
-    qkv = model_state["optical_encoder"]["blocks"][0]["attn"]["qkv"]["kernel"][...]
+    encoder = model_state["encoder"]
+    qkv = encoder["optical_vit"]["blocks"]["layers"][0]["attn"]["qkv"]["kernel"][...]
     assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
     assert len({s.data.tobytes() for s in qkv.addressable_shards}) > 1  # really split
-    fc1 = model_state["mma"]["layers"][1]["mlp"]["fc1"]["kernel"][...]
+    fc1 = encoder["mma"]["blocks"]["layers"][1]["mlp"]["fc1"]["kernel"][...]
     assert fc1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert fc1.addressable_shards[0].data.shape == (fc1.shape[0] // 2, fc1.shape[1] // 2)
     mu = jax.tree.leaves(optimizer_state)  # Adam moments follow their parameters
@@ -119,7 +120,7 @@ class TestConfigErrors:
     def test_unknown_keys(self):
         config = small_config()
         config.data.shard_dir = "/tmp/x"
-        with pytest.raises(ValueError, match=r"config.data: unknown keys \['shard_dir'\]"):
+        with pytest.raises(ValueError, match=r"data config: unknown keys \['shard_dir'\]"):
             make_plan(config, devices=jax.devices()[:1])
         config = small_config()
         config.optim.lr = 1.0

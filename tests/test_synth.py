@@ -2,6 +2,7 @@
 modalities checked against geometry computed here from the labels, and label consistency."""
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -508,13 +509,27 @@ def test_sweep_is_the_minkowski_sum_with_a_segment():
 
 
 def test_data_source_is_random_access():
-    source = synth.SynthVHR(seed=1, num_records=10, size=48, with_t2=False)
+    source = synth.SynthSource(seed=1, length=10, size=48, options={"with_t2": False})
     assert len(source) == 10
     np.testing.assert_array_equal(source[7]["sar"], synth.render_pair(1, 7, 48)["sar"])
+    assert "optical_t2" not in source[7] and "sar_warped" in source[7]
     with pytest.raises(IndexError):
         source[10]
     with pytest.raises(TypeError, match="bogus"):
-        synth.SynthVHR(bogus=True)
+        synth.SynthSource(options={"bogus": True})
+
+
+def test_data_source_is_checked_hashable_and_picklable():
+    source = synth.SynthSource(seed=2, size=40, length=5, options=(("with_t2", False),))
+    assert source == synth.SynthSource(seed=2, size=40, length=5, options={"with_t2": False})
+    assert hash(source) == hash(pickle.loads(pickle.dumps(source)))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[3]["sar"], source[3]["sar"])
+    default = synth.SynthSource()
+    assert dict(default.options) == {"with_t2": False, "with_registration": False}
+    for bad in (dict(seed=-1), dict(size=16), dict(length=1.5), dict(seed=True),
+                dict(options={"gsd": 5.0}), dict(options={"speckle": 1})):
+        with pytest.raises(ValueError):
+            synth.SynthSource(**bad)
 
 
 def test_preview_writes_a_png_grid(tmp_path):

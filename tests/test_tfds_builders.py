@@ -54,8 +54,8 @@ def test_unknown_task_is_named():
         SynthVhrConfig(name="x", task="segmentation")
 
 
-def test_ingested_pairs_from_real_geotiffs(tmp_path, repo_root):
-    fixtures = repo_root.parent / "shared" / "data" / "terramesh-samples"
+def test_ingested_pairs_from_real_geotiffs(tmp_path, terramesh_dir):
+    fixtures = terramesh_dir
     out = tmp_path / "shards"
     summary = ingest(IngestConfig(optical=fixtures / "S2RGB", sar=fixtures / "S1RTC",
                                   labels=fixtures / "LULC", out=out, tile=112, overlap=16,

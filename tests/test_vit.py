@@ -65,3 +65,18 @@ def test_check_image_names_the_shape():
         check_image("optical", jnp.zeros((1, 10, 8, 3)), 3, 4)
     with pytest.raises(ValueError, match=r"got shape \(8, 8, 3\)"):
         check_image("optical", jnp.zeros((8, 8, 3)), 3, 4)
+
+
+def test_scanned_encoder_equals_unscanned():
+    # Same draws in the same order: the scanned blocks are the unscanned ones, stacked.
+    enc = small_encoder()
+    scanned = ViTEncoder(patch_size=4, in_channels=3, width=16, depth=2, num_heads=2,
+                         mlp_dim=32, scan_layers=True, rngs=nnx.Rngs(0))
+    assert len(enc.blocks.layers) == 2 and enc.blocks.stacked is None
+    assert scanned.blocks.layers is None and len(scanned.blocks.stacked) == 1
+    np.testing.assert_array_equal(scanned.blocks.stacked[0].attn.qkv.kernel[...][1],
+                                  enc.blocks.layers[1].attn.qkv.kernel[...])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 12, 3)), jnp.float32)
+    ids = jnp.asarray([[5, 0, 7, 2], [11, 3, 4, 9]])
+    np.testing.assert_allclose(scanned(x), enc(x), atol=1e-5)
+    np.testing.assert_allclose(scanned(x, ids), enc(x, ids), atol=1e-5)

@@ -21,7 +21,7 @@ a tile along an axis is padded (bottom / right) with no-data (``valid`` False, o
 the dB floor, labels 0). Tiles with more than ``--max-nodata`` (default 0.3) of their pixels not
 valid are dropped.
 
-Example keys (DESIGN.md's contract, plus): ``optical`` uint8 [T,T,3]; ``sar`` float32 [T,T,C]
+Example keys (docs/architecture.md, plus): ``optical`` uint8 [T,T,3]; ``sar`` float32 [T,T,C]
 (dB); ``valid`` bool [T,T] (data in both modalities); ``id`` 0-d str (scene id); ``tile_origin``
 int32 [2] (row, col of the tile's top-left pixel in the scene); for georeferenced scenes ``crs``
 0-d str (``EPSG:n`` or WKT) and ``transform`` float64 [6], the tile's own affine in rasterio

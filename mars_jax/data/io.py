@@ -1,4 +1,4 @@
-"""Reading optical / SAR rasters and converting them to the data contract (DESIGN.md).
+"""Reading optical / SAR rasters and converting them to the data contract (docs/architecture.md).
 
 Readers
 -------
@@ -50,8 +50,9 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
+from mars_jax.data.contract import DB_FLOOR
+
 SAR_KINDS = ("db", "amplitude", "intensity")
-DB_FLOOR = -50.0
 PILLOW_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 RASTER_SUFFIXES = frozenset({".tif", ".tiff"}) | PILLOW_SUFFIXES
 DEFAULT_PERCENTILES = (2.0, 98.0)

@@ -5,9 +5,10 @@ batch axis, ready for ``jax.make_array_from_process_local_data``. Its iterator's
 (``get_state`` / ``set_state``) is small and exact: a restored iterator yields exactly the
 batches the original would have yielded next, with any number of worker processes.
 
-Sources are anything with ``__len__`` and ``__getitem__(int) -> dict``: :class:`SynthSource`
-(SynthVHR rendered on the fly, no preparation step), :class:`~mars_jax.data.records.ShardSource`
-(ingested shards) or a TFDS ``data_source``.
+Sources are anything with ``__len__`` and ``__getitem__(int) -> dict``:
+:class:`~mars_jax.data.synth.SynthSource` (SynthVHR rendered on the fly, no preparation
+step), :class:`~mars_jax.data.records.ShardSource` (ingested shards) or a TFDS
+``data_source``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-PRETRAIN_KEYS = ("optical", "sar", "valid")
+from mars_jax.data.contract import PRETRAIN_KEYS, check_pretraining_example
+from mars_jax.data.synth import SynthSource
+
+__all__ = [
+    "PRETRAIN_KEYS", "CheckPretraining", "PairedAugment", "ProcessRows", "SelectKeys", "Source",
+    "SynthSource", "check_pretraining_example", "grid_transform", "make_pipeline",
+    "per_process_batch_size", "transform_affine", "transform_azimuth", "transform_boxes",
+]
 
 
 class Source(Protocol):
@@ -29,53 +37,25 @@ class Source(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthSource:
-    """SynthVHR scenes rendered on demand: example ``i`` is ``render_pair(seed, i, size)``.
-
-    ``length`` is the (virtual) number of distinct scenes; any value works, nothing is stored.
-    """
-
-    seed: int = 0
-    size: int = 512
-    length: int = 1_000_000
-    options: tuple[tuple[str, Any], ...] = (("with_t2", False), ("with_registration", False))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        from mars_jax.data.synth import render_pair
-
-        if not 0 <= index < self.length:
-            raise IndexError(f"SynthSource index {index} out of range [0, {self.length})")
-        return render_pair(self.seed, int(index), self.size, **dict(self.options))
-
-
-def check_pretraining_example(example: Mapping[str, Any]) -> None:
-    """The data contract of DESIGN.md; raises naming the key, the shape and the dtype."""
-    missing = [k for k in PRETRAIN_KEYS if k not in example]
-    if missing:
-        raise KeyError(f"example lacks keys {missing}; it has {sorted(example)}")
-    optical, sar, valid = (np.asarray(example[k]) for k in PRETRAIN_KEYS)
-    if optical.dtype != np.uint8 or optical.ndim != 3 or optical.shape[-1] != 3:
-        raise ValueError(f"'optical' must be uint8 [H, W, 3], got {optical.dtype} "
-                         f"{optical.shape}")
-    if sar.dtype != np.float32 or sar.ndim != 3:
-        raise ValueError(f"'sar' must be float32 [H, W, C] in dB, got {sar.dtype} {sar.shape}")
-    if valid.dtype != np.bool_ or valid.shape != optical.shape[:2]:
-        raise ValueError(f"'valid' must be bool {optical.shape[:2]}, got {valid.dtype} "
-                         f"{valid.shape}")
-    if sar.shape[:2] != optical.shape[:2]:
-        raise ValueError(f"'optical' {optical.shape} and 'sar' {sar.shape} differ in size")
-
-
-@dataclasses.dataclass(frozen=True)
 class PairedAugment(grain.transforms.RandomMap):
-    """One random square crop, flip and 90-degree rotation, applied to every spatial array.
+    """One random square crop, flip and 90-degree rotation, applied to every spatial array,
+    and the same pixel transform applied to the geometric labels.
 
     Spatial arrays are those whose first two axes equal the optical image's (H, W): both
-    modalities and any dense label move together, so patch j still covers the same ground.
-    Other entries (ids, scalars, transforms) pass through unchanged.
+    modalities and any dense label (``sar_warped``, ``instances``, ...) move together, so patch
+    j still covers the same ground. Geometric labels follow (see ``grid_transform``):
+
+    * ``boxes`` float32 [K, 4], pixel-edge (x0, y0, x1, y1) in the optical grid, are mapped
+      through the transform and clipped to the crop. A box that leaves the crop entirely
+      becomes zero-area (x0 == x1 or y0 == y1, on the crop's border): K stays fixed and the
+      per-box arrays (``box_classes``, ``object_heights``) are unchanged, so consumers drop
+      boxes of zero area. Boxes partly outside are clipped to the visible part of the box.
+    * ``affine`` float32 [2, 3] (optical pixel -> ``sar_warped`` pixel; both grids get the same
+      transform T) becomes T A T^-1.
+    * ``sun_azimuth`` and ``look_azimuth`` (degrees clockwise from image-up) turn with the image:
+      a flip mirrors them (a -> -a), each 90-degree turn subtracts 90.
+
+    Other entries (ids, scalars such as ``gsd``) pass through unchanged.
     """
 
     crop_size: int | None = None
@@ -98,7 +78,74 @@ class PairedAugment(grain.transforms.RandomMap):
                 value = value[:, ::-1]
             return np.rot90(value, turns, axes=(0, 1))  # a view: batching makes the copy
 
-        return {k: transform(v) if _is_spatial(v, (h, w)) else v for k, v in example.items()}
+        matrix = grid_transform(top, left, (crop_h, crop_w), flip, turns)
+        out_hw = (crop_w, crop_h) if turns % 2 else (crop_h, crop_w)
+        out = {}
+        for key, value in example.items():
+            if key == "boxes":
+                value = transform_boxes(value, matrix, out_hw)
+            elif key == "affine":
+                value = transform_affine(value, matrix)
+            elif key in _AZIMUTHS and (flip or turns):
+                value = transform_azimuth(value, flip, turns)
+            elif _is_spatial(value, (h, w)):
+                value = transform(value)
+            out[key] = value
+        return out
+
+
+_AZIMUTHS = ("sun_azimuth", "look_azimuth")
+
+
+def grid_transform(top: int, left: int, crop_hw: tuple[int, int], flip: bool, turns: int
+                   ) -> np.ndarray:
+    """The 3x3 matrix T taking a pixel centre (x, y, 1) of the input grid (x = column, y = row)
+    to its place after ``PairedAugment``'s steps: the crop ``[top:top + h, left:left + w]``,
+    then (``flip``) ``[:, ::-1]``, then ``np.rot90(., turns, axes=(0, 1))``.
+
+    Pixel centres: a flip maps column i to w - 1 - i, one turn maps (x, y) to (y, w - 1 - x)
+    and swaps the sizes. Pixel edges (boxes) are centres + 0.5, see ``transform_boxes``.
+    """
+    height, width = crop_hw
+    matrix = np.array([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
+    if flip:
+        matrix = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ matrix
+    for _ in range(turns % 4):
+        matrix = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, width - 1.0], [0.0, 0.0, 1.0]]) @ matrix
+        height, width = width, height
+    return matrix
+
+
+def transform_boxes(boxes: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]
+                    ) -> np.ndarray:
+    """Pixel-edge boxes (x0, y0, x1, y1) [K, 4] mapped through a ``grid_transform`` matrix and
+    clipped to the output grid of ``out_hw`` pixels. Edges are pixel centres + 0.5 (a box edge
+    x maps to w - x under a horizontal flip); a box outside the output becomes zero-area."""
+    boxes = np.asarray(boxes)
+    if boxes.size == 0:
+        return boxes
+    corners = boxes.astype(np.float64).reshape(-1, 2, 2) - 0.5  # (K, corner, xy) as centres
+    mapped = corners @ matrix[:2, :2].T + matrix[:2, 2] + 0.5
+    low, high = mapped.min(axis=1), mapped.max(axis=1)  # (K, xy)
+    limit = np.array([out_hw[1], out_hw[0]], np.float64)
+    low, high = np.clip(low, 0.0, limit), np.clip(high, 0.0, limit)
+    return np.concatenate([low, high], axis=1).astype(boxes.dtype)
+
+
+def transform_affine(affine: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """An affine [2, 3] between two grids (pixel (x, y, 1) -> pixel) after the same
+    ``grid_transform`` T is applied to both: T A T^-1."""
+    affine = np.asarray(affine)
+    full = np.vstack([affine.astype(np.float64), [0.0, 0.0, 1.0]])
+    return (matrix @ full @ np.linalg.inv(matrix))[:2].astype(affine.dtype)
+
+
+def transform_azimuth(azimuth: Any, flip: bool, turns: int) -> np.ndarray:
+    """An azimuth (degrees clockwise from image-up) after a horizontal flip (a -> -a) and
+    ``turns`` rotations by ``np.rot90`` (each a quarter turn anticlockwise: a -> a - 90)."""
+    value = np.asarray(azimuth)
+    degrees = value.astype(np.float64)
+    return np.asarray(((-degrees if flip else degrees) - 90.0 * turns) % 360.0, value.dtype)
 
 
 def _is_spatial(value: Any, hw: tuple[int, int]) -> bool:

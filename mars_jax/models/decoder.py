@@ -10,6 +10,7 @@ from flax import nnx
 
 from mars_jax.models import layers
 from mars_jax.models.patches import restore_grid
+from mars_jax.models.stack import TransformerStack
 from mars_jax.models.vit import sincos_2d_position_embedding
 
 
@@ -20,18 +21,16 @@ class MIMDecoder(nnx.Module):
         self, *, in_dim: int, width: int, depth: int, num_heads: int, mlp_dim: int,
         out_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
         attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
-        rngs: nnx.Rngs,
+        scan_layers: bool = False, rngs: nnx.Rngs,
     ):
         self.width = width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed = layers.dense(in_dim, width, (None, "embed"), **kw)
         self.mask_token = layers.param(nnx.initializers.normal(0.02), (width,), ("embed",),
                                        param_dtype=param_dtype, rngs=rngs)
-        self.blocks = nnx.List([
-            layers.TransformerBlock(width, num_heads, mlp_dim, norm="pre",
-                                    attention_impl=attention_impl, remat=remat, **kw)
-            for _ in range(depth)
-        ])
+        self.blocks = TransformerStack(depth, width, num_heads, mlp_dim, norm="pre",
+                                       attention_impl=attention_impl, remat=remat,
+                                       scan_layers=scan_layers, **kw)
         self.norm = layers.layer_norm(width, **kw)
         self.head = layers.dense(width, out_dim, ("embed", "patch"), **kw)
 
@@ -42,6 +41,4 @@ class MIMDecoder(nnx.Module):
         x = restore_grid(x, self.mask_token[...], ids_restore)
         pos = sincos_2d_position_embedding(*grid, self.width)
         x = x + jnp.asarray(pos, x.dtype)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(self.blocks(x)))

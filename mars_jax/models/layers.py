@@ -17,8 +17,9 @@ from flax import nnx
 Norm = Literal["pre", "post"]
 LN_EPS = 1e-6  # ViT / MAE value
 
-# Activation rematerialisation of each TransformerBlock in the backward pass, keyed by the
-# config's ``model.remat``. The value is the jax.checkpoint policy (None: save nothing).
+# Activation rematerialisation of each transformer block (stack.py) in the backward pass,
+# keyed by the config's ``model.remat``; the value is the jax.checkpoint policy (None: save
+# nothing).
 #   none  keep every activation (fastest; memory grows with depth x tokens x width, and the
 #         attention probabilities, heads x tokens^2 per sequence)
 #   full  keep only the block's input and recompute the whole block (one extra forward per
@@ -135,21 +136,17 @@ class TransformerBlock(nnx.Module):
     ``norm="pre"``:  x = x + H(LN(x));  x = x + MLP(LN(x))      (ViT / MAE encoders, decoders)
     ``norm="post"``: x = LN(H(x) + x);  x = LN(MLP(x) + x)      (the MaRS paper's MMA formulas)
 
-    ``remat`` (a key of ``REMAT_POLICIES``) trades backward-pass recomputation for activation
-    memory; it is a static attribute, so the parameter tree is the same for every setting.
+    Blocks are applied (and rematerialised) by ``stack.TransformerStack``.
     """
 
     def __init__(
         self, dim: int, num_heads: int, mlp_dim: int, *, norm: Norm = "pre",
         dtype=jnp.float32, param_dtype=jnp.float32,
-        attention_impl: Literal["xla", "cudnn"] | None = None, remat: Remat = "none",
-        rngs: nnx.Rngs,
+        attention_impl: Literal["xla", "cudnn"] | None = None, rngs: nnx.Rngs,
     ):
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
-        check_remat(remat)
         self.norm = norm
-        self.remat = remat
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.ln1 = layer_norm(dim, **kw)
         self.attn = Attention(dim, num_heads, implementation=attention_impl, **kw)
@@ -157,14 +154,6 @@ class TransformerBlock(nnx.Module):
         self.mlp = Mlp(dim, mlp_dim, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.remat == "none":
-            return self.forward(x)
-        # prevent_cse stays on (the default): the blocks run in a Python loop, not a scan, so
-        # XLA could otherwise merge the recomputation with the forward and undo the remat.
-        return nnx.remat(TransformerBlock.forward, policy=REMAT_POLICIES[self.remat])(self, x)
-
-    def forward(self, x: jax.Array) -> jax.Array:
-        """The block without remat."""
         if self.norm == "pre":
             x = x + self.attn(self.ln1(x))
             return x + self.mlp(self.ln2(x))

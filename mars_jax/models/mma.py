@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mars_jax.models import layers
+from mars_jax.models.stack import TransformerStack
 
 
 def layer_kind(index: int) -> Literal["intra", "meta"]:
@@ -24,38 +25,37 @@ def layer_kind(index: int) -> Literal["intra", "meta"]:
     return "intra" if index % 2 == 0 else "meta"
 
 
+def attention_pattern(num_layers: int) -> tuple[str, ...]:
+    """The stack's per-layer scopes: "intra" (within each modality) or "full" (meta)."""
+    return tuple("intra" if layer_kind(i) == "intra" else "full" for i in range(num_layers))
+
+
 class MetaModalityAttention(nnx.Module):
     def __init__(
         self, num_layers: int, dim: int, num_heads: int, mlp_dim: int, *,
         norm: layers.Norm = "post", dtype=jnp.float32, param_dtype=jnp.float32,
         attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
-        rngs: nnx.Rngs,
+        scan_layers: bool = False, rngs: nnx.Rngs,
     ):
-        self.layers = nnx.List([
-            layers.TransformerBlock(dim, num_heads, mlp_dim, norm=norm, dtype=dtype,
-                                    param_dtype=param_dtype, attention_impl=attention_impl,
-                                    remat=remat, rngs=rngs)
-            for _ in range(num_layers)
-        ])
+        self.blocks = TransformerStack(
+            num_layers, dim, num_heads, mlp_dim, norm=norm, pattern=attention_pattern(num_layers),
+            scan_layers=scan_layers, remat=remat, dtype=dtype, param_dtype=param_dtype,
+            attention_impl=attention_impl, rngs=rngs)
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(layer_kind(i) for i in range(len(self.layers)))
+        return tuple(layer_kind(i) for i in range(self.blocks.depth))
 
     def __call__(self, z_rgb: jax.Array, z_sar: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[B, N, D] x 2 -> fused [B, N, D] x 2 (RGB half, SAR half)."""
         if z_rgb.shape != z_sar.shape:
             raise ValueError(
                 f"MMA needs RGB and SAR tokens of one shape, got {z_rgb.shape} and {z_sar.shape}")
-        b, n, d = z_rgb.shape
-        t = jnp.concatenate([z_rgb, z_sar], axis=1)  # T = [Z_RGB; Z_SAR]
-        for i, layer in enumerate(self.layers):
-            if layer_kind(i) == "intra":
-                # [B, 2N, D] -> [2B, N, D] by a reshape: rows 2i and 2i+1 are image i's RGB and
-                # SAR halves. Concatenating the halves along the batch instead would put all RGB
-                # rows before all SAR rows, which on a batch-sharded mesh moves every
-                # activation to another device (collective-permutes) and back, each layer.
-                t = layer(t.reshape(2 * b, n, d)).reshape(b, 2 * n, d)
-            else:
-                t = layer(t)
+        n = z_rgb.shape[1]
+        t = self.blocks(jnp.concatenate([z_rgb, z_sar], axis=1))  # T = [Z_RGB; Z_SAR]
         return t[:, :n], t[:, n:]
+
+    def single(self, z: jax.Array) -> jax.Array:
+        """One modality alone (the other missing): every layer attends within it, which is
+        what both scopes reduce to when the second half is absent."""
+        return self.blocks(z, scope="full")

@@ -47,8 +47,16 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 
 def random_masking(key: jax.Array, batch: int, num_patches: int, mask_ratio: float) -> Masking:
     """Uniformly random visible set per example (the MAE recipe: argsort of uniform noise)."""
+    return masking_from_noise(jax.random.uniform(key, (batch, num_patches)), mask_ratio)
+
+
+def masking_from_noise(noise: jax.Array, mask_ratio: float) -> Masking:
+    """The patches with the smallest ``noise`` [B, N] are visible. Drawing the noise for a
+    whole batch and cutting it with the batch gives every micro-batch the masks it would
+    have had in one large step (gradient accumulation)."""
+    num_patches = noise.shape[1]
     n_vis = num_visible(num_patches, mask_ratio)
-    shuffle = jnp.argsort(jax.random.uniform(key, (batch, num_patches)), axis=1)
+    shuffle = jnp.argsort(noise, axis=1)
     keep = jnp.sort(shuffle[:, :n_vis], axis=1)
     hidden = jnp.sort(shuffle[:, n_vis:], axis=1)
     ids_restore = jnp.argsort(jnp.concatenate([keep, hidden], axis=1), axis=1)

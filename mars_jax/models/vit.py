@@ -12,6 +12,7 @@ from flax import nnx
 
 from mars_jax.models import layers
 from mars_jax.models.patches import patchify, take_tokens
+from mars_jax.models.stack import TransformerStack
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,7 +61,7 @@ class ViTEncoder(nnx.Module):
         self, *, patch_size: int, in_channels: int, width: int, depth: int, num_heads: int,
         mlp_dim: int, dtype=jnp.float32, param_dtype=jnp.float32,
         attention_impl: Literal["xla", "cudnn"] | None = None, remat: layers.Remat = "none",
-        rngs: nnx.Rngs,
+        scan_layers: bool = False, rngs: nnx.Rngs,
     ):
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -68,11 +69,9 @@ class ViTEncoder(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = layers.dense(patch_size * patch_size * in_channels, width,
                                         ("patch", "embed"), **kw)
-        self.blocks = nnx.List([
-            layers.TransformerBlock(width, num_heads, mlp_dim, norm="pre",
-                                    attention_impl=attention_impl, remat=remat, **kw)
-            for _ in range(depth)
-        ])
+        self.blocks = TransformerStack(depth, width, num_heads, mlp_dim, norm="pre",
+                                       attention_impl=attention_impl, remat=remat,
+                                       scan_layers=scan_layers, **kw)
         self.norm = layers.layer_norm(width, **kw)
 
     def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None) -> jax.Array:
@@ -85,6 +84,4 @@ class ViTEncoder(nnx.Module):
             pos = jnp.take(pos, ids_keep, axis=0)
         x = self.patch_embed(patches)
         x = x + pos.astype(x.dtype)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.norm(self.blocks(x))

@@ -6,42 +6,41 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from mars_jax.models import MaRS, MaRSConfig
+from mars_jax.data.contract import random_batch
+from mars_jax.models import MaRSConfig, MaRSPretrainer
+from mars_jax.train.config import Experiment
 from mars_jax.train.objective import LossConfig, pretraining_loss
 
 
-def build_model(config: ml_collections.ConfigDict, *, seed: int | None = None) -> MaRS:
-    """The model named by ``config.model``, initialised from ``seed`` (default config.seed)."""
+def build_model(config: ml_collections.ConfigDict, *,
+                seed: int | None = None) -> MaRSPretrainer:
+    """The pretrainer named by ``config.model`` (and ``config.loss``'s learnable
+    temperatures), initialised from ``seed`` (default config.seed)."""
     model_config = MaRSConfig.from_dict(config.model.to_dict())
-    return MaRS(model_config, rngs=nnx.Rngs(config.seed if seed is None else seed))
+    loss = LossConfig.from_dict(config.loss.to_dict())
+    return MaRSPretrainer(model_config, rngs=nnx.Rngs(config.seed if seed is None else seed),
+                          temperatures=loss.temperatures if loss.learnable_temperatures
+                          else None)
 
 
 def count_parameters(model: nnx.Module) -> dict[str, int]:
-    """Trainable parameter counts per top-level submodule, plus ``"total"``."""
+    """Trainable parameter counts per submodule (the encoder's parts one by one, e.g.
+    ``encoder/optical_vit``), plus ``"total"``."""
     counts: dict[str, int] = {}
     for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        counts[str(path[0])] = counts.get(str(path[0]), 0) + int(np.prod(leaf.shape))
+        name = "/".join(map(str, path[:2])) if path[0] == "encoder" else str(path[0])
+        counts[name] = counts.get(name, 0) + int(np.prod(leaf.shape))
     counts["total"] = sum(counts.values())
     return counts
 
 
-def random_batch(key: jax.Array, batch: int, size: int, sar_channels: int) -> dict[str, jax.Array]:
-    """Random inputs in the data contract's dtypes (uint8 RGB, SAR in dB, validity)."""
-    k_rgb, k_sar = jax.random.split(key)
-    optical = jax.random.randint(k_rgb, (batch, size, size, 3), 0, 256).astype(jnp.uint8)
-    # Fully developed speckle: exponential intensity around -12 dB, expressed in dB.
-    intensity = jax.random.exponential(k_sar, (batch, size, size, sar_channels)) * 10 ** -1.2
-    sar = 10.0 * jnp.log10(jnp.maximum(intensity, 1e-6))
-    return {"optical": optical, "sar": sar, "valid": jnp.ones((batch, size, size), bool)}
-
-
 def run_forward(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
     """Builds the model, runs one jitted forward + loss on random data, reports the losses."""
+    Experiment.from_config(config)  # every section checked, as for training
     loss_config = LossConfig.from_dict(config.loss.to_dict())
     model = build_model(config)
     params = count_parameters(model)

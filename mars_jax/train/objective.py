@@ -5,7 +5,7 @@ L_cgcl = alpha L_patch + beta L_global + gamma L_cross, with the paper's options
     mesh set with ``jax.set_mesh`` (all-gathered or ring-passed keys), equal to the
     single-device loss; without a mesh it is the blockwise loss (the same numbers);
   - hard negatives for L_patch (own-image patches within a grid radius weighted up);
-  - learnable temperatures (``CGCLTemperatures``, trained with the model);
+  - learnable temperatures (``models.CGCLTemperatures``, trained with the model);
   - adaptive weights: (alpha, beta, gamma) = softmax(||dL_t / de|| / adaptive_tau), the
     per-term gradient norms with respect to the CGCL embeddings e (the last activations all
     three terms share), recomputed every step and treated as constants. Cost: three extra
@@ -15,27 +15,23 @@ L_cgcl = alpha L_patch + beta L_global + gamma L_cross, with the paper's options
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from absl import logging
-from flax import nnx
 
 from mars_jax.losses import cgcl_loss, mim_loss, modality_alignment_score
-from mars_jax.losses.cgcl import HardNegatives
+from mars_jax.losses.cgcl import CGCL_IMPLS, CGCL_KEYS, HardNegatives
 from mars_jax.models import MaRSOutput
-from mars_jax.typed_config import from_mapping
+from mars_jax.models.pretrainer import MAX_TEMPERATURE, MIN_TEMPERATURE
+from mars_jax.typed_config import Section
 
-CGCL_IMPLS = ("dense", "blockwise", "sharded")
 TERMS = ("patch", "global", "cross")
-# Learnable temperatures stay within CLIP's clamp (logit scale <= 100) and below 1.
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Section):
+    SECTION = "loss"
     cgcl_weight: float = 1.0  # lambda
     tau_patch: float = 0.05  # tau_patch < tau_global < tau_cross, as in the paper
     tau_global: float = 0.07
@@ -55,41 +51,22 @@ class LossConfig:
     adaptive_weights: bool = False  # (alpha, beta, gamma) from per-term gradient norms
     adaptive_tau: float = 1.0
 
-    def __post_init__(self):
-        def fail(msg):
-            raise ValueError(f"loss config: {msg}")
-
-        if self.cgcl_impl not in CGCL_IMPLS:
-            fail(f"cgcl_impl must be one of {CGCL_IMPLS}, got {self.cgcl_impl!r}")
-        if self.cgcl_keys not in ("gather", "ring"):
-            fail(f"cgcl_keys must be 'gather' or 'ring', got {self.cgcl_keys!r}")
-        if self.mim_type not in ("l1", "l2"):
-            fail(f"mim_type must be 'l1' or 'l2', got {self.mim_type!r}")
-        for name in ("tau_patch", "tau_global", "tau_cross", "adaptive_tau"):
-            if not getattr(self, name) > 0:
-                fail(f"{name} must be positive, got {getattr(self, name)}")
-        if self.cgcl_chunk_size < 1:
-            fail(f"cgcl_chunk_size must be positive, got {self.cgcl_chunk_size}")
-        if self.cgcl_key_dtype is not None:
-            try:
-                jnp.dtype(self.cgcl_key_dtype)
-            except TypeError:
-                fail(f"cgcl_key_dtype {self.cgcl_key_dtype!r} is not a dtype")
-        if self.hard_negative_radius < 0 or not self.hard_negative_weight > 0:
-            fail("hard_negative_radius must be >= 0 and hard_negative_weight > 0, got "
-                 f"{self.hard_negative_radius} and {self.hard_negative_weight}")
+    def validate(self) -> None:
+        self.require_one_of("cgcl_impl", CGCL_IMPLS)
+        self.require_one_of("cgcl_keys", CGCL_KEYS)
+        self.require_one_of("mim_type", ("l1", "l2"))
+        self.require_positive("tau_patch", "tau_global", "tau_cross", "adaptive_tau",
+                              "cgcl_chunk_size", "hard_negative_weight")
+        self.require_non_negative("hard_negative_radius", "cgcl_weight")
+        self.require_dtype("cgcl_key_dtype", optional=True)
         if self.learnable_temperatures:
             for name in ("tau_patch", "tau_global", "tau_cross"):
-                if not MIN_TEMPERATURE <= getattr(self, name) <= MAX_TEMPERATURE:
-                    fail(f"learnable {name} starts outside [{MIN_TEMPERATURE}, "
-                         f"{MAX_TEMPERATURE}]: {getattr(self, name)}")
+                self.require(MIN_TEMPERATURE <= getattr(self, name) <= MAX_TEMPERATURE, name,
+                             f"in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (the learnable "
+                             "temperatures' range)")
         if not self.tau_patch < self.tau_global < self.tau_cross:
             logging.warning("loss config: the paper orders tau_patch < tau_global < tau_cross; "
                             "got %s, %s, %s", self.tau_patch, self.tau_global, self.tau_cross)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LossConfig:
-        return from_mapping(cls, values, "loss")
 
     @property
     def hard_negatives(self) -> HardNegatives | None:
@@ -100,16 +77,6 @@ class LossConfig:
     @property
     def temperatures(self) -> tuple[float, float, float]:
         return self.tau_patch, self.tau_global, self.tau_cross
-
-
-class CGCLTemperatures(nnx.Module):
-    """Learnable (tau_patch, tau_global, tau_cross), stored as logs and clipped when used."""
-
-    def __init__(self, initial: tuple[float, float, float]):
-        self.log_tau = nnx.Param(jnp.log(jnp.asarray(initial, jnp.float32)))
-
-    def __call__(self) -> jax.Array:
-        return jnp.clip(jnp.exp(self.log_tau[...]), MIN_TEMPERATURE, MAX_TEMPERATURE)
 
 
 def visible_positions(ids_keep: jax.Array, grid_width: int) -> jax.Array:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import optax
 
-from mars_jax.typed_config import from_mapping
+from mars_jax.typed_config import Section
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Section):
+    SECTION = "optim"
     learning_rate: float = 1.5e-4  # peak, after warmup
     end_learning_rate_fraction: float = 0.0  # cosine decays to this fraction of the peak
     warmup_steps: int = 0
@@ -24,13 +24,14 @@ class OptimConfig:
     clip_norm: float | None = 1.0  # None or 0: no clipping
     grad_accum_steps: int = 1  # micro-batches per step (gradients averaged inside the step)
 
-    def __post_init__(self):
-        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.grad_accum_steps < 1:
-            raise ValueError(f"optim config: invalid values {self}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> OptimConfig:
-        return from_mapping(cls, values, "optim")
+    def validate(self) -> None:
+        self.require_positive("learning_rate", "grad_accum_steps", "eps")
+        self.require(isinstance(self.grad_accum_steps, int), "grad_accum_steps", "an int")
+        self.require_non_negative("warmup_steps", "weight_decay", "end_learning_rate_fraction")
+        for name in ("b1", "b2"):
+            self.require(0 <= getattr(self, name) < 1, name, "in [0, 1)")
+        self.require(self.clip_norm is None or self.clip_norm >= 0, "clip_norm",
+                     "None or >= 0 (0: no clipping)")
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -41,12 +42,24 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
         end_value=cfg.learning_rate * cfg.end_learning_rate_fraction)
 
 
-def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only: not on norms, biases or mask tokens (all rank < 2).
+DECAYED = "kernel"  # the weights of every Linear / LinearGeneral layer
 
-    Position embeddings are fixed sin-cos tables, not parameters, so nothing else to exclude.
-    """
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+def parameter_name(path: tuple) -> str:
+    """The last named entry of a pytree path: ``.../attn/qkv/bias`` -> ``bias``."""
+    for entry in reversed(path):
+        name = getattr(entry, "key", getattr(entry, "name", None))
+        if isinstance(name, str) and name != "value":
+            return name
+    return ""
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on kernels only, chosen by path, never by rank: biases (the qkv bias is
+    ``[3, heads, head_dim]``), norms, mask tokens and temperatures are not decayed, and
+    scanned layers' leading axis changes nothing. Position embeddings are fixed tables."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: parameter_name(path) == DECAYED, params)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

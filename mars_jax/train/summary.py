@@ -13,6 +13,7 @@ import numpy as np
 from clu import parameter_overview
 from flax import nnx
 
+from mars_jax.data import contract
 from mars_jax.train import flops
 from mars_jax.train.forward import count_parameters
 from mars_jax.train.pretrain import jit_train_step, make_plan, model_and_optimizer
@@ -45,12 +46,7 @@ def print_summary(config: ml_collections.ConfigDict, *, log=print, compile_step:
         f"{_gib(state_bytes)} | mesh {dict(plan.mesh.shape)}")
     if compile_step:
         size, batch = plan.image_size, plan.global_batch
-        batch_spec = {
-            "optical": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
-            "sar": jax.ShapeDtypeStruct((batch, size, size, plan.model.sar_channels),
-                                        jnp.float32),
-            "valid": jax.ShapeDtypeStruct((batch, size, size), jnp.bool_),
-        }
+        batch_spec = contract.batch_spec(batch, size, plan.model.sar_channels)
         step = jit_train_step(graphdef, plan, config.seed, shardings)
         with jax.set_mesh(plan.mesh):
             compiled = step.lower(abstract, batch_spec,

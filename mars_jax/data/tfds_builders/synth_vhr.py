@@ -14,22 +14,20 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mars_jax.data.contract import PRETRAIN_KEYS, SCENE_PARAMETERS
 from mars_jax.data.tfds_builders.features import OBJECT_FEATURES, spatial_features
-
-SCENE_PARAMETERS = ("gsd", "sun_azimuth", "sun_elevation", "look_azimuth", "incidence", "looks")
 
 # The paper's downstream tasks, and what each needs from a scene. Building and SAR object
 # detection share `detection` (box_classes tells them apart); translation uses `pretrain` pairs.
 TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("optical", "sar", "valid"),
-    "landcover": ("optical", "sar", "valid", "landcover"),
-    "damage": ("optical", "sar", "valid", "optical_t2", "sar_t2", "damage"),
-    "change": ("optical", "sar", "valid", "optical_t2", "sar_t2", "change"),
-    "detection": ("optical", "sar", "valid", "instances", "boxes", "box_classes",
-                  "object_heights"),
-    "building_height": ("optical", "sar", "valid", "height", "instances"),
-    "roads": ("optical", "sar", "valid", "road"),
-    "registration": ("optical", "sar", "valid", "sar_warped", "valid_warped", "affine"),
+    "pretrain": PRETRAIN_KEYS,
+    "landcover": (*PRETRAIN_KEYS, "landcover"),
+    "damage": (*PRETRAIN_KEYS, "optical_t2", "sar_t2", "damage"),
+    "change": (*PRETRAIN_KEYS, "optical_t2", "sar_t2", "change"),
+    "detection": (*PRETRAIN_KEYS, "instances", "boxes", "box_classes", "object_heights"),
+    "building_height": (*PRETRAIN_KEYS, "height", "instances"),
+    "roads": (*PRETRAIN_KEYS, "road"),
+    "registration": (*PRETRAIN_KEYS, "sar_warped", "valid_warped", "affine"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Blockwise CGCL: the three terms of ``cgcl.cgcl_loss`` with memory linear in M = B*N.
+"""Blockwise CGCL: the three terms of ``cgcl_loss`` with memory linear in M = B*N.
 
 Every CGCL term is an InfoNCE sum over queries q_i (unit rows) against keys k_l with a scale
 c = 1/tau and an optional logit bias b_il (hard negatives):
@@ -29,12 +29,15 @@ a time, ``_unit_fwd`` / ``_unit_bwd``) and adds every term's gradient, one logit
 time, into one float32 buffer per modality. With a ring (inside ``jax.shard_map``) k is this
 device's shard of the keys: the shards travel around a ring of ``ppermute``s, one block at a
 time, and in the backward pass each shard's gradient travels with it and is home, complete,
-after a full turn (cgcl_sharded.py).
+after a full turn (sharded.py).
 
 ``key_dtype`` (e.g. bfloat16) is the matmul operand dtype: unit embeddings are stored in it (and
 their gradients returned in it), products are accumulated in the compute dtype (float32, or
 float64 for float64 inputs). The positive logit is formed from the same rounded operands, so it
 stays consistent with its row's log-sum-exp. Only reverse-mode differentiation is defined.
+
+``blockwise_terms`` assumes valid arguments (``cgcl_loss`` checks them); ``blockwise_cgcl_terms``
+is the same with the checks (``common.validate``), for calling it directly.
 """
 
 from __future__ import annotations
@@ -46,18 +49,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.losses.cgcl import (
+from mars_jax.losses.cgcl.common import (
+    HIGHEST,
+    NORM_EPS,
     HardNegatives,
-    check_pair,
-    check_positions,
-    check_temperatures,
     compute_dtype,
     hard_negative_bias,
+    inverse_temperatures,
     l2_normalize,
     patch_metadata,
+    validate,
 )
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Streaming(NamedTuple):
@@ -284,13 +286,11 @@ def _image_group(images: int, patches: int, chunk_size: int) -> int:
     return max(fits, default=1)
 
 
-_EPS = 1e-12  # as cgcl.l2_normalize
-
-
 def _normalise_group(z_grp, dtype):
+    """z in ``dtype``, its squared norm and 1 / max(||z||, eps), as ``l2_normalize``."""
     z = z_grp.astype(dtype)
     sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
-    return z, sq, jax.lax.rsqrt(jnp.maximum(sq, _EPS * _EPS))
+    return z, sq, jax.lax.rsqrt(jnp.maximum(sq, NORM_EPS * NORM_EPS))
 
 
 def _grouped(z, chunk_size):
@@ -321,7 +321,8 @@ def _unit_bwd(operand, chunk_size, z, cotangents):
         zf, sq, inv = _normalise_group(z_grp, dtype)
         u, dr = zf * inv, dr.astype(dtype)
         # d(z / ||z||) = (dr - u (u . dr)) / ||z||; below eps the norm is the constant eps.
-        radial = jnp.where(sq >= _EPS * _EPS, jnp.sum(u * dr, axis=-1, keepdims=True), 0)
+        radial = jnp.where(sq >= NORM_EPS * NORM_EPS,
+                           jnp.sum(u * dr, axis=-1, keepdims=True), 0)
         dz = inv * (dr - u * radial) + dm[:, None, :] / n
         return dz.astype(z.dtype)
 
@@ -333,7 +334,7 @@ def _unit_bwd(operand, chunk_size, z, cotangents):
 
 
 # ------------------------------------------------------------------------------------------
-# CGCL from streamed terms: partial sums over local queries (shared with cgcl_sharded.py)
+# CGCL from streamed terms: partial sums over local queries (shared with sharded.py)
 # ------------------------------------------------------------------------------------------
 class Layout(NamedTuple):
     """Static settings of ``local_cgcl_sums`` (hashable: a custom_vjp nondiff argument)."""
@@ -464,15 +465,22 @@ def local_cgcl_sums(z_rgb: jax.Array, z_sar: jax.Array, scales: tuple, meta,
 local_cgcl_sums.defvjp(_local_fwd, _local_bwd)
 
 
-def check_streaming_args(chunk_size: int, key_dtype) -> None:
-    if not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if key_dtype is not None and not jnp.issubdtype(key_dtype, jnp.floating):
-        raise ValueError(f"key_dtype must be a floating dtype, got {key_dtype!r}")
-
-
-def inverse_temperatures(tau_patch, tau_global, tau_cross) -> tuple:
-    return 1.0 / tau_patch, 1.0 / tau_global, 1.0 / tau_cross
+def blockwise_terms(
+    z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch, tau_global, tau_cross, chunk_size: int,
+    key_dtype: jnp.dtype | None, positions: jax.Array | None,
+    hard_negatives: HardNegatives | None,
+) -> dict[str, jax.Array]:
+    """``{"patch", "global", "cross"}`` of ``cgcl_loss``, in O(chunk^2 + B*N*D) memory; the
+    arguments are assumed valid (see ``blockwise_cgcl_terms``)."""
+    dtype = compute_dtype(z_rgb)
+    operand = jnp.dtype(dtype if key_dtype is None else key_dtype)
+    meta = patch_metadata(positions) if hard_negatives is not None else None
+    scales = tuple(jnp.asarray(c, dtype)
+                   for c in inverse_temperatures(tau_patch, tau_global, tau_cross))
+    sums = local_cgcl_sums(z_rgb, z_sar, scales, meta,
+                           Layout(chunk_size, operand, hard_negatives))
+    b, n, _ = z_rgb.shape
+    return {"patch": sums[0] / (b * n), "global": sums[1] / b, "cross": sums[2] / (2 * b * n)}
 
 
 def blockwise_cgcl_terms(
@@ -487,16 +495,9 @@ def blockwise_cgcl_terms(
     key_dtype: matmul operand dtype (e.g. jnp.bfloat16); None = the compute dtype.
     positions, hard_negatives: see ``cgcl_loss``.
     """
-    check_pair(z_rgb, z_sar)
-    check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
-    check_streaming_args(chunk_size, key_dtype)
-    check_positions(positions, z_rgb.shape, hard_negatives)
-    dtype = compute_dtype(z_rgb)
-    operand = jnp.dtype(dtype if key_dtype is None else key_dtype)
-    meta = patch_metadata(positions) if hard_negatives is not None else None
-    scales = tuple(jnp.asarray(c, dtype)
-                   for c in inverse_temperatures(tau_patch, tau_global, tau_cross))
-    sums = local_cgcl_sums(z_rgb, z_sar, scales, meta,
-                           Layout(chunk_size, operand, hard_negatives))
-    b, n, _ = z_rgb.shape
-    return {"patch": sums[0] / (b * n), "global": sums[1] / b, "cross": sums[2] / (2 * b * n)}
+    validate(z_rgb, z_sar, impl="blockwise", tau_patch=tau_patch, tau_global=tau_global,
+             tau_cross=tau_cross, chunk_size=chunk_size, key_dtype=key_dtype,
+             positions=positions, hard_negatives=hard_negatives)
+    return blockwise_terms(z_rgb, z_sar, tau_patch=tau_patch, tau_global=tau_global,
+                           tau_cross=tau_cross, chunk_size=chunk_size, key_dtype=key_dtype,
+                           positions=positions, hard_negatives=hard_negatives)

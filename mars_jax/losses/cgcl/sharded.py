@@ -1,7 +1,7 @@
 """CGCL over a batch sharded on data-parallel mesh axes, equal to the single-device loss.
 
 Inside ``jax.shard_map`` each device normalises its own patches and streams its local queries
-against every key of the global batch (blockwise log-sum-exp, cgcl_blockwise.py). The SAR patch
+against every key of the global batch (blockwise log-sum-exp, blockwise.py). The SAR patch
 keys of L_patch reach it in one of two ways:
 
   keys="gather": one all-gather (in the key dtype, e.g. bf16); simple, but every device holds
@@ -13,6 +13,9 @@ keys of L_patch reach it in one of two ways:
 The image embeddings (B x D, small) are all-gathered. Each device returns partial sums; the
 means over the global batch are taken outside the shard_map, so no psum needs a transpose rule
 and gradients flow back through the collectives.
+
+``sharded_terms`` assumes valid arguments (``cgcl_loss`` checks them) but for the mesh, which
+only it resolves; ``sharded_cgcl_terms`` is the same with the checks, for calling it directly.
 """
 
 from __future__ import annotations
@@ -24,19 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from mars_jax.losses.cgcl import (
+from mars_jax.losses.cgcl.blockwise import Layout, local_cgcl_sums
+from mars_jax.losses.cgcl.common import (
     HardNegatives,
-    check_pair,
-    check_positions,
-    check_temperatures,
     compute_dtype,
-    patch_metadata,
-)
-from mars_jax.losses.cgcl_blockwise import (
-    Layout,
-    check_streaming_args,
     inverse_temperatures,
-    local_cgcl_sums,
+    patch_metadata,
+    validate,
 )
 
 
@@ -64,21 +61,12 @@ def _split_axes(mesh, axes: tuple[str, ...], batch: int) -> tuple[str, ...]:
     return axes + tuple(a for a in others if mesh.shape[a] == 1)
 
 
-def sharded_cgcl_terms(
-    z_rgb: jax.Array, z_sar: jax.Array, mesh: Mesh | None = None, *,
-    axes: Sequence[str] = ("data", "fsdp"), tau_patch=0.05, tau_global=0.07, tau_cross=0.1,
-    chunk_size: int = 2048, key_dtype=None, keys: str = "gather",
-    positions: jax.Array | None = None, hard_negatives: HardNegatives | None = None,
+def sharded_terms(
+    z_rgb: jax.Array, z_sar: jax.Array, mesh: Mesh | None, *, axes: Sequence[str], tau_patch,
+    tau_global, tau_cross, chunk_size: int, key_dtype, keys: str,
+    positions: jax.Array | None, hard_negatives: HardNegatives | None,
 ) -> dict[str, jax.Array]:
-    """``{"patch", "global", "cross"}`` of ``cgcl_loss`` for [B, N, D] inputs whose batch is
-    split over ``axes`` of ``mesh`` (other axes replicate; axes the mesh lacks are ignored).
-    B must divide over ``axes``. mesh=None: the mesh set with ``jax.set_mesh``."""
-    check_pair(z_rgb, z_sar)
-    check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
-    check_streaming_args(chunk_size, key_dtype)
-    check_positions(positions, z_rgb.shape, hard_negatives)
-    if keys not in ("gather", "ring"):
-        raise ValueError(f"keys must be 'gather' or 'ring', got {keys!r}")
+    """``sharded_cgcl_terms`` without the argument checks (the mesh is still checked)."""
     mesh = context_mesh() if mesh is None else mesh
     axes = _split_axes(mesh, tuple(axes), z_rgb.shape[0])
     b, n, _ = z_rgb.shape
@@ -102,3 +90,21 @@ def sharded_cgcl_terms(
         out_specs=batch, check_vma=False)(z_rgb, z_sar, meta, scales)
     patch, global_, cross = jnp.sum(partial, axis=0)
     return {"patch": patch / (b * n), "global": global_ / b, "cross": cross / (2 * b * n)}
+
+
+def sharded_cgcl_terms(
+    z_rgb: jax.Array, z_sar: jax.Array, mesh: Mesh | None = None, *,
+    axes: Sequence[str] = ("data", "fsdp"), tau_patch=0.05, tau_global=0.07, tau_cross=0.1,
+    chunk_size: int = 2048, key_dtype=None, keys: str = "gather",
+    positions: jax.Array | None = None, hard_negatives: HardNegatives | None = None,
+) -> dict[str, jax.Array]:
+    """``{"patch", "global", "cross"}`` of ``cgcl_loss`` for [B, N, D] inputs whose batch is
+    split over ``axes`` of ``mesh`` (other axes replicate; axes the mesh lacks are ignored).
+    B must divide over ``axes``. mesh=None: the mesh set with ``jax.set_mesh``."""
+    validate(z_rgb, z_sar, impl="sharded", tau_patch=tau_patch, tau_global=tau_global,
+             tau_cross=tau_cross, chunk_size=chunk_size, key_dtype=key_dtype,
+             positions=positions, hard_negatives=hard_negatives, keys=keys)
+    return sharded_terms(z_rgb, z_sar, mesh, axes=axes, tau_patch=tau_patch,
+                         tau_global=tau_global, tau_cross=tau_cross, chunk_size=chunk_size,
+                         key_dtype=key_dtype, keys=keys, positions=positions,
+                         hard_negatives=hard_negatives)
