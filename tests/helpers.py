@@ -61,3 +61,12 @@ def stack_params(stack: TransformerStack) -> list[dict[str, np.ndarray]]:
         return [block_params(block) for block in stack.layers]
     period = len(stack.stacked)
     return [block_params(stack.stacked[i % period], i // period) for i in range(stack.depth)]
+
+
+def bilinear(image, x, y):
+    """Bilinear samples of ``image`` [H, W] at points (x, y) (pixel centres at integers)."""
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, image.shape[1] - 1), np.minimum(y0 + 1, image.shape[0] - 1)
+    fx, fy = x - x0, y - y0
+    return ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
+            + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))

@@ -15,6 +15,7 @@ from mars_jax.data.pipeline import (
     transform_boxes,
 )
 from mars_jax.data.synth import SynthSource, render_pair
+from tests.helpers import bilinear
 
 
 def coded(height, width):
@@ -177,15 +178,6 @@ def test_rendered_instances_lie_in_their_transformed_boxes():
                 if mask.any() and not inside:
                     checked_partial += 1
     assert checked_inside >= 10 and checked_partial >= 1, (checked_inside, checked_partial)
-
-
-def bilinear(image, x, y):
-    """As in test_synth: bilinear samples of image at points (x, y)."""
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, image.shape[1] - 1), np.minimum(y0 + 1, image.shape[0] - 1)
-    fx, fy = x - x0, y - y0
-    return ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
-            + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))
 
 
 def test_augmented_affine_maps_augmented_sar_onto_augmented_sar_warped():

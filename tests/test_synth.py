@@ -10,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mars_jax.data import synth
+from tests.helpers import bilinear
 
 SEED = 3
 
@@ -419,14 +420,6 @@ def test_road_network_is_connected():
 
 
 # --- registration --------------------------------------------------------------------------------
-
-
-def bilinear(image, x, y):
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, image.shape[1] - 1), np.minimum(y0 + 1, image.shape[0] - 1)
-    fx, fy = x - x0, y - y0
-    return ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
-            + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))
 
 
 def test_registration_affine_maps_sar_onto_sar_warped():

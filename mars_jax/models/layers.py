@@ -28,8 +28,10 @@ LN_EPS = 1e-6  # ViT / MAE value
 #         mlp_dim per token), recompute norms, GELU and the attention core (the batched dots:
 #         scores, softmax, weighted values), so nothing quadratic in tokens is stored
 # XLA:CPU strips jax.checkpoint's optimisation barriers early in its pipeline (GPU keeps them
-# until after scheduling), so on CPU most recomputation is merged back by CSE and compiled
-# CPU memory figures do not show remat; tests/test_remat.py checks the traced program.
+# until after scheduling), so on CPU the recomputation of unscanned blocks is merged back by
+# CSE and compiled memory does not show remat; inside a scan (model.scan_layers) it cannot
+# be merged, and CPU figures show the saving (base, batch 64: 27.7 GiB none, 6.9 dots, 3.4
+# full). tests/test_remat.py checks the traced program.
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     "none": None,
     "full": None,

@@ -115,12 +115,15 @@ def check_layout(step_dir: str | os.PathLike, abstract_state: Any) -> str | None
     wanted = _flat_paths(nnx.to_pure_dict(abstract_state))
     layout = layout_of(saved, wanted)
     if layout == "other":
-        missing, extra = sorted(wanted - saved)[:3], sorted(saved - wanted)[:3]
-        raise CheckpointLayoutError(
-            f"checkpoint {step_dir} does not match the configured model (another size or "
-            f"options?): missing e.g. {['/'.join(p) for p in missing]}, unexpected e.g. "
-            f"{['/'.join(p) for p in extra]}")
+        raise _mismatch(f"checkpoint {step_dir} does not match the configured model (another "
+                        "size or options?)", saved, wanted)
     return layout
+
+
+def _mismatch(message: str, got: set, want: set) -> CheckpointLayoutError:
+    missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
+    return CheckpointLayoutError(f"{message}: missing e.g. {['/'.join(p) for p in missing]}, "
+                                 f"unexpected e.g. {['/'.join(p) for p in extra]}")
 
 
 def convert_state(saved: Mapping, target: Mapping, step_dir: str | os.PathLike) -> dict:
@@ -128,11 +131,8 @@ def convert_state(saved: Mapping, target: Mapping, step_dir: str | os.PathLike) 
     tree = convert_layers(upgrade_legacy(_int_keys(saved)), target)
     got, want = _flat_paths(tree), _flat_paths(target)
     if got != want:
-        missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
-        raise CheckpointLayoutError(
-            f"checkpoint {step_dir} could not be converted to the configured model: missing "
-            f"e.g. {['/'.join(p) for p in missing]}, unexpected e.g. "
-            f"{['/'.join(p) for p in extra]}")
+        raise _mismatch(f"checkpoint {step_dir} could not be converted to the configured model",
+                        got, want)
     return tree
 
 
