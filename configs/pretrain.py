@@ -155,6 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = v.checkpoint_every  # and at the end; 0: only on SIGTERM
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
+    config.checkpoint.strict_resume = False  # True: stop at a damaged latest checkpoint
 
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = v.log_every

@@ -12,7 +12,9 @@ MARS_DISTRIBUTED=1 to let ``jax.distributed.initialize()`` read the cluster envi
 (SLURM, TPU pods, ...).
 """
 
+import importlib.util
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -40,6 +42,44 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def load_config(spec: str):
+    """``path.py[:arg]`` -> ``get_config(arg)`` of that file (as ``--config`` loads it)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mars_config", path)
+    if module_spec is None or not os.path.isfile(path):
+        raise SystemExit(f"--config: no config file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_config_overrides(argv: list[str]) -> str | None:
+    """The project's message for a ``--config.a.b=...`` naming a key the config lacks (absl
+    would print ml_collections' bare ``AttributeError``), or None when every key exists."""
+    from mars_jax.typed_config import unknown_keys_message
+
+    spec, overrides = None, []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith("--config."):
+            overrides.append(arg[len("--config."):].split("=", 1)[0])
+    if spec is None or not overrides:
+        return None
+    config = load_config(spec)
+    for override in overrides:
+        node, walked = config, []
+        for key in override.split("."):
+            if not hasattr(node, "keys") or key not in node.keys():
+                known = list(node.keys()) if hasattr(node, "keys") else []
+                section = ".".join(walked) or "top-level"
+                return (f"--config.{override}: " + unknown_keys_message(section, [key], known))
+            node, walked = node[key], [*walked, key]
+    return None
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -49,7 +89,24 @@ def main(argv: list[str]) -> None:
     if _MODE.value == "pretrain" and not _WORKDIR.value:
         raise app.UsageError("--workdir is required for --mode=pretrain")
     _initialize_distributed()  # JAX starts here, after flags are parsed
+    from mars_jax.typed_config import ConfigError
 
+    try:
+        run(config)
+    except ConfigError as error:  # a bad value: the message says which; no traceback
+        print(f"config error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as error:  # a checkpoint that cannot be written: one message, exit 1
+        from mars_jax.train.checkpoint import CheckpointSaveError
+
+        if not isinstance(error, CheckpointSaveError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run(config) -> None:
+    """The mode's job on a parsed config."""
     if _MODE.value == "forward":
         from mars_jax.train.forward import run_forward
 
@@ -66,4 +123,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
+    problem = check_config_overrides(sys.argv[1:])
+    if problem:
+        print(f"config error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     app.run(main)

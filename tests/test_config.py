@@ -75,11 +75,22 @@ def test_main_command_line(repo_root):
         cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "losses: loss=" in ok.stdout and "2 pairs of 64x64" in ok.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "mars_jax.main", "--config=configs/pretrain.py:tiny",
-         "--mode=forward", "--config.model.mask_ratoi=0.5"],
-        cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "mask_ratoi" in bad.stderr
+    for override, message in [
+        # an unknown key: named with its section and nearest key, before jax starts
+        ("--config.model.mask_ratoi=0.5", "config error: --config.model.mask_ratoi: model "
+         "config: unknown keys ['mask_ratoi'] ('mask_ratoi': did you mean 'mask_ratio'?)"),
+        ("--config.model.encoder.depthh=3", "config error: --config.model.encoder.depthh: "
+         "model.encoder config: unknown keys ['depthh'] ('depthh': did you mean 'depth'?)"),
+        # a bad value: the section, the field and its rule, without a traceback
+        ("--config.optim.learning_rate=-1", "config error: optim config: learning_rate must "
+         "be positive, got -1.0"),
+    ]:
+        bad = subprocess.run(
+            [sys.executable, "-m", "mars_jax.main", "--config=configs/pretrain.py:tiny",
+             "--mode=forward", override],
+            cwd=repo_root, capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 2, (override, bad.stderr[-2000:])
+        assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
 def test_readme_and_ci_run_the_same_test_command(repo_root):

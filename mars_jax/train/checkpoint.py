@@ -10,14 +10,21 @@ while the previous checkpoint is written.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging as logging_std
 import os
+import shutil
+import threading
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -136,12 +143,98 @@ def convert_state(saved: Mapping, target: Mapping, step_dir: str | os.PathLike) 
     return tree
 
 
+def state_bytes(state: Any) -> int:
+    """Bytes of every array of ``state`` (global sizes: what all processes write)."""
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, permissions, ...)."""
+
+
+def describe_write_error(error: BaseException) -> str:
+    """One line for a failed write: the first line of the error, and what it means."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    full = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in full or (
+            "RESOURCE_EXHAUSTED" in full):
+        return f"the disk is full ({type(error).__name__}: {text[:240]})"
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _from_orbax(tb) -> bool:
+    return any("orbax" in frame.filename for frame in traceback.extract_tb(tb))
+
+
+class _DropOrbaxWriteErrors(logging_std.Filter):
+    """asyncio logs "exception was never retrieved" once per array of a failed orbax write."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        message = record.getMessage()
+        exc = record.exc_info[2] if record.exc_info else None
+        return not ("never retrieved" in message and (
+            "OCDBT" in message or "orbax" in message or (exc is not None and _from_orbax(exc))))
+
+
+@contextlib.contextmanager
+def quiet_background_save_errors():
+    """While training: a failed asynchronous orbax save prints a traceback per background
+    thread and one asyncio message per array (hundreds of lines). Those copies are dropped;
+    ``Checkpointer`` raises the failure once, at the next save or when closing."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if args.exc_traceback is not None and _from_orbax(args.exc_traceback):
+            return
+        previous(args)
+
+    drop = _DropOrbaxWriteErrors()
+    asyncio_logger = logging_std.getLogger("asyncio")
+    asyncio_logger.addFilter(drop)
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+        asyncio_logger.removeFilter(drop)
+
+
 class Checkpointer:
+    """orbax CheckpointManager for the training state, with save failures surfaced.
+
+    An asynchronous save fails in a background thread; the outcome of the previous save is
+    checked before each new save and when closing, and a failure raises one
+    ``CheckpointSaveError`` naming the error, the path and the last good step."""
+
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                              item_names=("state", "data"))
+        self._in_flight: int | None = None
+        self.failed = False
+
+    def last_good_step(self) -> int | None:
+        steps = self.all_steps()
+        return max(steps) if steps else None
+
+    def _failure(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+        self.failed = True
+        good = self.last_good_step()
+        where = f"{self.directory}/{good}" if good is not None else "none"
+        return CheckpointSaveError(
+            f"saving checkpoint step {step} to {self.directory} failed: "
+            f"{describe_write_error(error)}. Last good checkpoint: step {good} ({where}); it "
+            "is intact. Free space (or fix the path) and re-run the same command to resume "
+            "from it.")
+
+    def check_previous_save(self) -> None:
+        """Raises ``CheckpointSaveError`` if the last asynchronous save failed."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as error:
+            raise self._failure(self._in_flight, error) from None
 
     @property
     def directory(self) -> str:
@@ -150,10 +243,48 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every complete step on disk, read from the folder (orbax writes a step under a
+        temporary name and renames it when complete; set-aside steps are renamed too)."""
+        root = Path(self.directory)
+        if not root.is_dir():
+            return []
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def set_aside(self, step: int) -> Path:
+        """Renames a damaged step to ``<step>.damaged[-k]``: kept on disk for inspection,
+        no longer listed, and out of the way of the step's next save."""
+        source = Path(self.directory) / str(step)
+        target = source.with_name(f"{step}.damaged")
+        k = 1
+        while target.exists():
+            target, k = source.with_name(f"{step}.damaged-{k}"), k + 1
+        source.rename(target)
+        self.manager.reload()
+        return target
+
     def save(self, step: int, state: nnx.State, data_iterator: Any) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
-            data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+        """Starts saving ``step`` (asynchronously by default) after checking that the
+        previous save succeeded and that the disk has room for this one: a save that cannot
+        fit is refused before a byte is written, so no half-written step is left behind."""
+        try:  # orbax would wait for the previous save here anyway
+            self.manager.wait_until_finished()
+        except Exception:
+            pass  # check_previous_save names it
+        self.check_previous_save()
+        needed = int(1.05 * state_bytes(state)) + 2**20
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise self._failure(step, OSError(
+                errno.ENOSPC, f"No space left on device: the checkpoint needs about "
+                f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free"))
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+                data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+        except Exception as error:
+            raise self._failure(step, error) from None
+        self._in_flight = step
 
     def restore(self, step: int, abstract_state: nnx.State, data_iterator: Any) -> nnx.State:
         """Restores into ``abstract_state``'s shapes, dtypes and shardings, and moves
@@ -183,8 +314,25 @@ class Checkpointer:
         return state
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; raises ``CheckpointSaveError`` if it failed."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as error:
+            raise self._failure(self._in_flight, error) from None
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+    def close(self, *, quiet: bool = False) -> None:
+        """Finishes the save in flight and closes. ``quiet``: while another error is already
+        on its way up, a save failure is not raised over it."""
+        try:
+            if not self.failed:
+                self.wait()
+        except CheckpointSaveError:
+            if not quiet:
+                raise
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not (quiet or self.failed):
+                    raise

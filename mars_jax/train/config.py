@@ -63,6 +63,7 @@ class CheckpointConfig(Section):
     every_steps: int = 1000  # and at the end; 0: only at the end and on preemption
     keep: int = 3
     async_save: bool = True
+    strict_resume: bool = False  # True: a damaged latest checkpoint stops the run (named)
 
     def validate(self) -> None:
         self.require_non_negative("every_steps")

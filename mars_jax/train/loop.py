@@ -1,6 +1,7 @@
 """Pieces of a training loop shared by pretraining and fine-tuning.
 
-  restore_or_init   the newest checkpoint, or a fresh state; a finished run restores nothing
+  restore_or_init   the newest checkpoint that restores (damaged ones skipped and named), or a
+                    fresh state; a finished run restores nothing
   itstime           whether a periodic action (log, images, save) is due at a step
   check_finite      host-side finiteness check of a step's metrics, naming the bad terms
   Preemption        SIGTERM in one process; jax's preemption sync point (through orbax)
@@ -22,7 +23,7 @@ import jax
 from absl import logging
 
 from mars_jax.train import flops
-from mars_jax.train.checkpoint import Checkpointer
+from mars_jax.train.checkpoint import Checkpointer, CheckpointLayoutError
 from mars_jax.train.config import LogConfig
 from mars_jax.train.metrics import MetricAccumulator, MetricLogger, Progress, console_line
 
@@ -49,20 +50,50 @@ def check_finite(step: int, metrics: Mapping[str, Any], last_good: int | None) -
     return values
 
 
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint could be restored (or, with strict resume, the latest could not)."""
+
+
 def restore_or_init(checkpointer: Checkpointer, abstract_state: Any, data_iterator: Any,
-                    init: Callable[[], Any], *, total_steps: int,
+                    init: Callable[[], Any], *, total_steps: int, strict: bool = False,
                     log: Callable[[str], None] = print) -> tuple[Any | None, int]:
-    """(state, start step): the latest checkpoint restored into ``abstract_state``'s
-    shardings (``data_iterator`` moved to where it was), or ``init()`` at step 0. A run
-    whose checkpoint already reached ``total_steps`` restores nothing: (None, step)."""
-    start = checkpointer.latest_step() or 0
-    if start >= total_steps:
-        log(f"nothing to do: checkpoint step {start} >= total_steps {total_steps}")
-        return None, start
-    if start:
-        state = checkpointer.restore(start, abstract_state, data_iterator)
-        log(f"resumed from step {start}: {checkpointer.directory}/{start}")
-        return state, start
+    """(state, start step): the newest checkpoint that restores cleanly, into
+    ``abstract_state``'s shardings (``data_iterator`` moved to where it was), or ``init()``
+    at step 0. A damaged step (truncated file, missing metadata) is skipped, logged with
+    the reason and renamed ``<step>.damaged`` (never deleted); ``strict`` stops at it
+    instead, touching nothing. A checkpoint of another
+    model is an error, not damage. A run whose checkpoint already reached ``total_steps``
+    restores nothing: (None, step)."""
+    steps = sorted(checkpointer.all_steps(), reverse=True)
+    if steps and steps[0] >= total_steps:
+        log(f"nothing to do: checkpoint step {steps[0]} >= total_steps {total_steps}")
+        return None, steps[0]
+    skipped = []
+    for step in steps:
+        try:
+            state = checkpointer.restore(step, abstract_state, data_iterator)
+        except CheckpointLayoutError:
+            raise
+        except Exception as error:  # orbax / tensorstore / grain: anything unreadable
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            if strict:
+                raise CheckpointRestoreError(
+                    f"checkpoint step {step} in {checkpointer.directory} does not restore "
+                    f"({reason}); checkpoint.strict_resume=True stops here. Set it False to "
+                    "fall back to the previous step.") from error
+            kept = checkpointer.set_aside(step)
+            logging.warning("checkpoint step %d does not restore (%s); moved to %s, trying "
+                            "the previous step", step, reason, kept)
+            log(f"skipped damaged checkpoint step {step} ({reason}); kept as {kept}")
+            skipped.append(step)
+            continue
+        log(f"resumed from step {step}: {checkpointer.directory}/{step}"
+            + (f" (skipped damaged steps {skipped})" if skipped else ""))
+        return state, step
+    if skipped:
+        raise CheckpointRestoreError(
+            f"no checkpoint in {checkpointer.directory} restores (damaged steps {skipped}, "
+            "kept as <step>.damaged); nothing was deleted. Move them away to start afresh.")
     return init(), 0
 
 
@@ -120,6 +151,7 @@ class Reporter:
                                  enabled=self.is_main and cfg.progress)
         self.accumulator = MetricAccumulator()
         self.last: dict[str, float] = {}
+        self.write_failures = 0
         self._timer = (start, time.perf_counter())
 
     def add(self, values: Mapping[str, float]) -> None:
@@ -140,8 +172,7 @@ class Reporter:
             mfu = flops.mfu(self.step_flops, seconds, jax.device_count(), self.peak)
             if mfu is not None:
                 last["mfu"] = mfu
-        if self.logger:
-            self.logger.write_scalars(step, last)
+        self._write(self.logger.write_scalars if self.logger else None, step, last)
         self.progress.update(step, last)
         if not self.cfg.progress and self.is_main:
             self._log(console_line(step, self.total, last))
@@ -149,8 +180,20 @@ class Reporter:
         return last
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-        if self.logger:
-            self.logger.write_images(step, images)
+        self._write(self.logger.write_images if self.logger else None, step, images)
+
+    def _write(self, write: Callable | None, step: int, values: Any) -> None:
+        """Log writes that fail (disk full, a removed folder) are reported once and the run
+        goes on: metrics are not worth losing the training state for."""
+        if write is None:
+            return
+        try:
+            write(step, values)
+        except OSError as error:
+            self.write_failures += 1
+            if self.write_failures == 1:
+                self._log(f"warning: writing logs at step {step} failed ({error}); training "
+                          "continues, later log write failures are counted silently")
 
     def close(self) -> None:
         self.progress.close()

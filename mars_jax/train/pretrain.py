@@ -24,7 +24,7 @@ from mars_jax import parallel
 from mars_jax.data.pipeline import PRETRAIN_KEYS, SynthSource, make_pipeline
 from mars_jax.models import MaRSConfig, MaRSPretrainer
 from mars_jax.train import flops, images
-from mars_jax.train.checkpoint import Checkpointer
+from mars_jax.train.checkpoint import Checkpointer, quiet_background_save_errors
 from mars_jax.train.config import DataConfig, Experiment
 from mars_jax.train.loop import (
     NonFiniteError,
@@ -305,7 +305,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                                 async_save=exp.checkpoint.async_save)
     state, start = restore_or_init(checkpointer, abstract_state, data_iter,
                                    lambda: initial_state(plan, shardings, create),
-                                   total_steps=total, log=log)
+                                   total_steps=total, strict=exp.checkpoint.strict_resume,
+                                   log=log)
     if state is None:  # finished already
         checkpointer.close()
         _log_done(log, start, total, {}, checkpointer, workdir)
@@ -324,9 +325,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
 
     # ---- Loop ------------------------------------------------------------------------------
     pending: tuple[int, Any] | None = None  # step s is checked while step s + 1 runs
-    step = start
+    step, failed = start, True
     try:
-        with Preemption(checkpointer) as preemption, jax.set_mesh(mesh):
+        with Preemption(checkpointer) as preemption, jax.set_mesh(mesh), \
+                quiet_background_save_errors():
             for step in range(start + 1, total + 1):
                 batch = parallel.global_batch(next(data_iter), mesh)
                 state, metrics = train_step(state, batch, jnp.asarray(step - 1, jnp.int32))
@@ -350,9 +352,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                     break
             if pending is not None:
                 reporter.add(check_finite(*pending, checkpointer.latest_step()))
+            checkpointer.wait()  # the last save's outcome, inside the quiet block
+        failed = False
     finally:
-        checkpointer.close()
         reporter.close()
+        checkpointer.close(quiet=failed)
     _log_done(log, step, total, reporter.last, checkpointer, workdir)
     return reporter.last
 
