@@ -96,10 +96,13 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:  # a bad value: the message says which; no traceback
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as error:  # a checkpoint that cannot be written: one message, exit 1
-        from mars_jax.train.checkpoint import CheckpointSaveError
+    except (OSError, ValueError, RuntimeError) as error:
+        # Checkpoints that cannot be written, restored or converted: one message, exit 1.
+        from mars_jax.train.checkpoint import CheckpointLayoutError, CheckpointSaveError
+        from mars_jax.train.loop import CheckpointRestoreError
 
-        if not isinstance(error, CheckpointSaveError):
+        if not isinstance(error, CheckpointSaveError | CheckpointLayoutError
+                          | CheckpointRestoreError):
             raise
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

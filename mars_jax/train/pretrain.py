@@ -303,10 +303,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
     # ---- Restore or initialise ------------------------------------------------------------
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.checkpoint.keep,
                                 async_save=exp.checkpoint.async_save)
-    state, start = restore_or_init(checkpointer, abstract_state, data_iter,
-                                   lambda: initial_state(plan, shardings, create),
-                                   total_steps=total, strict=exp.checkpoint.strict_resume,
-                                   log=log)
+    try:
+        state, start = restore_or_init(checkpointer, abstract_state, data_iter,
+                                       lambda: initial_state(plan, shardings, create),
+                                       total_steps=total, strict=exp.checkpoint.strict_resume,
+                                       log=log)
+    except BaseException:
+        checkpointer.close(quiet=True)
+        raise
     if state is None:  # finished already
         checkpointer.close()
         _log_done(log, start, total, {}, checkpointer, workdir)
