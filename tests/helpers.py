@@ -70,3 +70,28 @@ def bilinear(image, x, y):
     fx, fy = x - x0, y - y0
     return ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
             + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))
+
+
+def tiny_run_config(steps: int, *, depth: int = 1, constant_lr: bool = False, **sections):
+    """The tiny pretraining config shrunk for short test runs on one device: 32-px crops,
+    a checkpoint every 2 steps, quiet logs. ``constant_lr`` makes the schedule independent of
+    ``total_steps`` (runs of different lengths then share their steps). ``sections``:
+    ``{"checkpoint": {"async_save": False}, ...}`` overrides."""
+    from configs import pretrain
+
+    config = pretrain.get_config("tiny")
+    config.input.image_size = 32
+    config.model.encoder.depth = depth
+    config.data.synth_size = 32
+    config.total_steps = steps
+    if constant_lr:
+        config.optim.warmup_steps, config.optim.end_learning_rate_fraction = 0, 1.0
+    config.checkpoint.every_steps = 2
+    config.log.every_steps = 1
+    config.log.images_every_steps = 0
+    config.log.progress = False
+    config.log.tensorboard = False
+    config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+    for section, values in sections.items():
+        config[section].update(values)
+    return config

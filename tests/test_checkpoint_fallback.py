@@ -8,27 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import pretrain
 from mars_jax.train.loop import CheckpointRestoreError
 from mars_jax.train.pretrain import train
+from tests.helpers import tiny_run_config
 
 
 def config(steps: int, strict: bool = False):
-    c = pretrain.get_config("tiny")
-    c.input.image_size = 32
-    c.model.encoder.depth = 1
-    c.data.synth_size = 32
-    c.total_steps = steps
-    c.optim.warmup_steps, c.optim.end_learning_rate_fraction = 0, 1.0  # one schedule
-    c.checkpoint.every_steps = 2
-    c.checkpoint.async_save = False
-    c.checkpoint.strict_resume = strict
-    c.log.every_steps = 1
-    c.log.images_every_steps = 0
-    c.log.progress = False
-    c.log.tensorboard = False
-    c.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    return c
+    return tiny_run_config(steps, constant_lr=True,
+                           checkpoint={"async_save": False, "strict_resume": strict})
 
 
 def losses(workdir):

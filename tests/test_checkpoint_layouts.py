@@ -10,7 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from configs import pretrain
 from mars_jax.train.checkpoint import (
     Checkpointer,
     CheckpointLayoutError,
@@ -24,23 +23,12 @@ from mars_jax.train.pretrain import (
     model_and_optimizer,
     train,
 )
+from tests.helpers import tiny_run_config
 
 
-def small_config(steps: int = 4, scan: bool = False):
-    config = pretrain.get_config("tiny")
-    config.input.image_size = 32
-    config.model.encoder.depth = 2
-    config.model.scan_layers = scan
-    config.data.synth_size = 32
-    config.total_steps = steps
-    config.checkpoint.every_steps = 2
-    config.checkpoint.async_save = False
-    config.log.every_steps = 1
-    config.log.images_every_steps = 0
-    config.log.progress = False
-    config.log.tensorboard = False
-    config.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    return config
+def small_config(steps: int = 4, scan: bool = False, constant_lr: bool = False):
+    return tiny_run_config(steps, depth=2, constant_lr=constant_lr,
+                           model={"scan_layers": scan}, checkpoint={"async_save": False})
 
 
 def to_legacy(tree):
@@ -109,10 +97,8 @@ def losses(workdir):
 def test_resume_with_the_other_scan_layout_continues_the_same_run(tmp_path):
     quiet = dict(log=lambda *_: None, devices=jax.devices()[:1])
 
-    def config(steps, scan=False):
-        c = small_config(steps, scan)
-        c.optim.warmup_steps, c.optim.end_learning_rate_fraction = 0, 1.0  # one schedule
-        return c
+    def config(steps, scan=False):  # one schedule whatever the run's length
+        return small_config(steps, scan, constant_lr=True)
 
     train(config(4), tmp_path / "straight", **quiet)
     train(config(2), tmp_path / "switched", **quiet)

@@ -12,26 +12,15 @@ import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import pretrain
 from mars_jax.train import checkpoint as checkpoint_module
 from mars_jax.train.checkpoint import Checkpointer, CheckpointSaveError
 from mars_jax.train.pretrain import initial_state, make_input, make_plan, model_and_optimizer
 from mars_jax.train.pretrain import train as train_run
+from tests.helpers import tiny_run_config
 
 
 def config(steps: int):
-    c = pretrain.get_config("tiny")
-    c.input.image_size = 32
-    c.model.encoder.depth = 1
-    c.data.synth_size = 32
-    c.total_steps = steps
-    c.checkpoint.every_steps = 2
-    c.log.every_steps = 2
-    c.log.images_every_steps = 0
-    c.log.progress = False
-    c.log.tensorboard = False
-    c.mesh.update(dict(data=1, fsdp=1, tensor=1))
-    return c
+    return tiny_run_config(steps, log={"every_steps": 2})
 
 
 Usage = namedtuple("Usage", "total used free")
