@@ -259,7 +259,12 @@ class Checkpointer:
         k = 1
         while target.exists():
             target, k = source.with_name(f"{step}.damaged-{k}"), k + 1
-        source.rename(target)
+        if jax.process_index() == 0:  # one rename on a shared filesystem, then everyone
+            source.rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"mars_jax set aside checkpoint {step}")
         self.manager.reload()
         return target
 

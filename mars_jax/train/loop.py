@@ -61,9 +61,8 @@ def restore_or_init(checkpointer: Checkpointer, abstract_state: Any, data_iterat
     ``abstract_state``'s shardings (``data_iterator`` moved to where it was), or ``init()``
     at step 0. A damaged step (truncated file, missing metadata) is skipped, logged with
     the reason and renamed ``<step>.damaged`` (never deleted); ``strict`` stops at it
-    instead, touching nothing. A checkpoint of another
-    model is an error, not damage. A run whose checkpoint already reached ``total_steps``
-    restores nothing: (None, step)."""
+    instead, touching nothing. A checkpoint of another model is an error, not damage. A run
+    whose checkpoint already reached ``total_steps`` restores nothing: (None, step)."""
     steps = sorted(checkpointer.all_steps(), reverse=True)
     if steps and steps[0] >= total_steps:
         log(f"nothing to do: checkpoint step {steps[0]} >= total_steps {total_steps}")
