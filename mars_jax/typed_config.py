@@ -126,9 +126,3 @@ def _section_type(hint: Any) -> type[Section] | None:
         if isinstance(candidate, type) and issubclass(candidate, Section):
             return candidate
     return None
-
-
-def from_mapping(cls: type[T], values: Mapping[str, Any], section: str | None = None) -> T:
-    """``cls.from_dict(values)`` (``section`` is kept for callers that name it)."""
-    del section
-    return cls.from_dict(values)

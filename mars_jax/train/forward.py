@@ -16,15 +16,20 @@ from mars_jax.train.config import Experiment
 from mars_jax.train.objective import LossConfig, pretraining_loss
 
 
+def new_pretrainer(model: MaRSConfig, loss: LossConfig, seed: int) -> MaRSPretrainer:
+    """The pretrainer of ``model``, with learnable temperatures when ``loss`` asks for them
+    (the loss config's temperatures are then their initial values)."""
+    temperatures = loss.temperatures if loss.learnable_temperatures else None
+    return MaRSPretrainer(model, temperatures=temperatures, rngs=nnx.Rngs(seed))
+
+
 def build_model(config: ml_collections.ConfigDict, *,
                 seed: int | None = None) -> MaRSPretrainer:
-    """The pretrainer named by ``config.model`` (and ``config.loss``'s learnable
-    temperatures), initialised from ``seed`` (default config.seed)."""
-    model_config = MaRSConfig.from_dict(config.model.to_dict())
-    loss = LossConfig.from_dict(config.loss.to_dict())
-    return MaRSPretrainer(model_config, rngs=nnx.Rngs(config.seed if seed is None else seed),
-                          temperatures=loss.temperatures if loss.learnable_temperatures
-                          else None)
+    """The pretrainer named by ``config.model`` and ``config.loss``, initialised from
+    ``seed`` (default config.seed)."""
+    return new_pretrainer(MaRSConfig.from_dict(config.model.to_dict()),
+                          LossConfig.from_dict(config.loss.to_dict()),
+                          config.seed if seed is None else seed)
 
 
 def count_parameters(model: nnx.Module) -> dict[str, int]:
@@ -40,9 +45,9 @@ def count_parameters(model: nnx.Module) -> dict[str, int]:
 
 def run_forward(config: ml_collections.ConfigDict, *, log=print) -> dict[str, Any]:
     """Builds the model, runs one jitted forward + loss on random data, reports the losses."""
-    Experiment.from_config(config)  # every section checked, as for training
-    loss_config = LossConfig.from_dict(config.loss.to_dict())
-    model = build_model(config)
+    exp = Experiment.from_config(config)  # every section checked, as for training
+    loss_config = exp.loss
+    model = new_pretrainer(exp.model, exp.loss, exp.seed)
     params = count_parameters(model)
     graphdef, state = nnx.split(model)
 

@@ -26,6 +26,7 @@ from mars_jax.models import MaRSConfig, MaRSPretrainer
 from mars_jax.train import flops, images
 from mars_jax.train.checkpoint import Checkpointer, quiet_background_save_errors
 from mars_jax.train.config import DataConfig, Experiment
+from mars_jax.train.forward import new_pretrainer
 from mars_jax.train.loop import (
     NonFiniteError,
     Preemption,
@@ -137,17 +138,12 @@ def make_input(plan: Plan):
 # ------------------------------------------------------------------------------------------
 # State: model + optimiser, abstract first (for shardings), then created in place.
 # ------------------------------------------------------------------------------------------
-def build_pretrainer(plan: Plan, seed: int) -> MaRSPretrainer:
-    temperatures = plan.loss.temperatures if plan.loss.learnable_temperatures else None
-    return MaRSPretrainer(plan.model, temperatures=temperatures, rngs=nnx.Rngs(seed))
-
-
 def model_and_optimizer(plan: Plan, seed: int, total_steps: int):
     """(graphdef, abstract state with shardings, shardings, create) for this plan."""
     tx = make_optimizer(plan.optim, total_steps)
 
     def create() -> tuple[MaRSPretrainer, nnx.Optimizer]:
-        model = build_pretrainer(plan, seed)
+        model = new_pretrainer(plan.model, plan.loss, seed)
         return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
