@@ -35,11 +35,12 @@ setup(
         "importlib_resources>=6",  # TFDS builders outside TFDS's own package tree
         "rasterio>=1.3",  # GeoTIFF ingestion
         "pillow>=10",  # PNG / JPEG ingestion, previews
+        "scipy>=1.10",  # ingestion: no-data fill regions, co-registration check (jax needs it)
         "tqdm>=4.60",  # progress bars
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "portpicker>=1.5",  # free ports for local multi-process runs
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scipy>=1.10"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3"],
     },
 )

@@ -150,6 +150,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.flips = True
     config.data.rotations = True
     config.data.workers = 0  # grain worker processes (0: in the main process)
+    # shards: replace a corrupt record by the next readable one and count it
+    # (metric data/corrupt_skipped) instead of stopping with an error naming it
+    config.data.skip_corrupt = False
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = v.checkpoint_every  # and at the end; 0: only on SIGTERM

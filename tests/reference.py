@@ -18,45 +18,58 @@ def cosine(a, b, eps=1e-12) -> float:
     return float(np.dot(a, b) / (max(np.linalg.norm(a), eps) * max(np.linalg.norm(b), eps)))
 
 
-def cgcl(zr, zs, tau_p, tau_g, tau_c, alpha=1.0, beta=1.0, gamma=1.0):
-    """docs/architecture.md's L_patch, L_global, L_cross, one log-softmax at a time."""
-    zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
-    b, n, _ = zr.shape
-    patch = 0.0
-    for i in range(b):
-        for j in range(n):
-            logits = [cosine(zr[i, j], zs[k, m]) / tau_p for k in range(b) for m in range(n)]
-            patch -= cosine(zr[i, j], zs[i, j]) / tau_p - logsumexp(logits)
-    patch /= b * n
+def valid_patches(shape, valid=None):
+    """The (image, patch) pairs of valid patches, in grid order, and the images that have one."""
+    b, n = shape[:2]
+    patches = [(i, j) for i in range(b) for j in range(n) if valid is None or valid[i][j]]
+    images = sorted({i for i, _ in patches})
+    return patches, images
 
-    g_r = [zr[i].mean(axis=0) for i in range(b)]
-    g_s = [zs[i].mean(axis=0) for i in range(b)]
+
+def cgcl(zr, zs, tau_p, tau_g, tau_c, alpha=1.0, beta=1.0, gamma=1.0, valid=None):
+    """docs/architecture.md's L_patch, L_global, L_cross, one log-softmax at a time.
+
+    valid: optional [B, N] patch mask: only valid patches are queries or keys, image
+    embeddings average the valid patches, images without one are left out; empty means are 0.
+    """
+    zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
+    patches, images = valid_patches(zr.shape, valid)
+    patch = 0.0
+    for i, j in patches:
+        logits = [cosine(zr[i, j], zs[k, m]) / tau_p for k, m in patches]
+        patch -= cosine(zr[i, j], zs[i, j]) / tau_p - logsumexp(logits)
+    patch /= max(len(patches), 1)
+
+    g_r = {i: np.mean([zr[k, m] for k, m in patches if k == i], axis=0) for i in images}
+    g_s = {i: np.mean([zs[k, m] for k, m in patches if k == i], axis=0) for i in images}
     global_ = 0.0
-    for i in range(b):
-        logits = [cosine(g_r[i], g_s[k]) / tau_g for k in range(b)]
+    for i in images:
+        logits = [cosine(g_r[i], g_s[k]) / tau_g for k in images]
         global_ -= cosine(g_r[i], g_s[i]) / tau_g - logsumexp(logits)
-    global_ /= b
+    global_ /= max(len(images), 1)
 
     cross = 0.0
-    for i in range(b):
-        for j in range(n):
-            logits = [cosine(zr[i, j], g_s[k]) / tau_c for k in range(b)]
-            cross -= cosine(zr[i, j], g_s[i]) / tau_c - logsumexp(logits)
-            logits = [cosine(zs[i, j], g_r[k]) / tau_c for k in range(b)]
-            cross -= cosine(zs[i, j], g_r[i]) / tau_c - logsumexp(logits)
-    cross /= 2 * b * n
+    for i, j in patches:
+        logits = [cosine(zr[i, j], g_s[k]) / tau_c for k in images]
+        cross -= cosine(zr[i, j], g_s[i]) / tau_c - logsumexp(logits)
+        logits = [cosine(zs[i, j], g_r[k]) / tau_c for k in images]
+        cross -= cosine(zs[i, j], g_r[i]) / tau_c - logsumexp(logits)
+    cross /= 2 * max(len(patches), 1)
     total = alpha * patch + beta * global_ + gamma * cross
     return total, {"patch": patch, "global": global_, "cross": cross}
 
 
-def mas(zr, zs):
-    """Mean cosine of co-located pairs minus mean cosine of all other RGB/SAR pairs."""
-    r = np.asarray(zr, np.float64).reshape(-1, zr.shape[-1])
-    s = np.asarray(zs, np.float64).reshape(-1, zs.shape[-1])
+def mas(zr, zs, valid=None):
+    """Mean cosine of co-located pairs minus mean cosine of all other RGB/SAR pairs (of the
+    valid patches; 0 with fewer than 2)."""
+    zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
+    patches, _ = valid_patches(zr.shape, valid)
+    if valid is not None and len(patches) < 2:
+        return 0.0
     matched, other = [], []
-    for p in range(len(r)):
-        for q in range(len(s)):
-            (matched if p == q else other).append(cosine(r[p], s[q]))
+    for p in patches:
+        for q in patches:
+            (matched if p == q else other).append(cosine(zr[p], zs[q]))
     return float(np.mean(matched) - np.mean(other))
 
 
@@ -135,20 +148,19 @@ def sincos_2d(grid_h, grid_w, dim):
     return table
 
 
-def patch_term_hard(zr, zs, positions, tau_p, radius, weight):
+def patch_term_hard(zr, zs, positions, tau_p, radius, weight, valid=None):
     """L_patch with hard negatives: the query's own-image patches within ``radius`` grid cells
-    (excluding itself) count ``weight`` times in the denominator; the positive counts once."""
+    (excluding itself) count ``weight`` times in the denominator; the positive counts once.
+    valid: optional [B, N] patch mask, as in ``cgcl``."""
     zr, zs = np.asarray(zr, np.float64), np.asarray(zs, np.float64)
-    b, n, _ = zr.shape
+    patches, _ = valid_patches(zr.shape, valid)
     loss = 0.0
-    for i in range(b):
-        for j in range(n):
-            denominator = 0.0
-            for k in range(b):
-                for m in range(n):
-                    dist = math.dist(positions[i][j], positions[k][m])
-                    hard = k == i and m != j and dist <= radius
-                    w = weight if hard else 1.0
-                    denominator += w * math.exp(cosine(zr[i, j], zs[k, m]) / tau_p)
-            loss -= cosine(zr[i, j], zs[i, j]) / tau_p - math.log(denominator)
-    return loss / (b * n)
+    for i, j in patches:
+        denominator = 0.0
+        for k, m in patches:
+            dist = math.dist(positions[i][j], positions[k][m])
+            hard = k == i and m != j and dist <= radius
+            w = weight if hard else 1.0
+            denominator += w * math.exp(cosine(zr[i, j], zs[k, m]) / tau_p)
+        loss -= cosine(zr[i, j], zs[i, j]) / tau_p - math.log(denominator)
+    return loss / max(len(patches), 1)

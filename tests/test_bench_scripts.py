@@ -38,3 +38,9 @@ def test_pretrain_step_bench_reports_the_layout(repo_root):
     line = next(line for line in out.splitlines() if line.startswith("pretrain_step "))
     result = json.loads(line.split(" ", 1)[1])
     assert result["scan_layers"] is True and result["pairs_per_s"] > 0
+
+
+def test_alignment_check_bench_runs(repo_root):
+    out = run(repo_root, "bench/alignment_check.py", "--size", "128", "--count", "2",
+              "--shift", "12,-8", timeout=120)
+    assert "2 scenes of 128 px" in out and "--max-shift 16: aligned flagged" in out

@@ -284,11 +284,13 @@ def test_strict_stops_at_the_first_bad_file_and_keeps_finished_shards(tmp_path):
     with pytest.raises(StrictStop, match=r"c\.tif: crs_mismatch") as stopped:
         ingest(synthetic_config(tmp_path, strict=True, shard_size=1))
     assert stopped.value.bad.path == bad_sar and str(bad_sar) in str(stopped.value)
-    out = tmp_path / "out"
-    assert len(list_shards(out)) == 8 and not list(out.glob("*.tmp"))
-    assert {str(ex["id"]) for ex in read_all(out)} == {"a", "b"}
-    written = json.loads((out / SUMMARY_FILE).read_text())
+    out, partial = tmp_path / "out", tmp_path / "out.partial"
+    assert not out.exists()  # OUT appears only complete; what was done waits for --resume
+    assert len(list_shards(partial)) == 8 and not list(partial.glob("*.tmp"))
+    assert {str(ex["id"]) for ex in read_all(partial)} == {"a", "b"}
+    written = json.loads((partial / SUMMARY_FILE).read_text())
     assert "crs_mismatch" in written["stopped"] and written["num_examples"] == 8
+    assert stopped.value.summary.output == partial
 
 
 def test_out_with_shards_is_refused_unless_overwrite(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from configs import pretrain
 from mars_jax import parallel
 from mars_jax.data.contract import random_batch
-from mars_jax.losses import cgcl_loss
+from mars_jax.losses import cgcl_loss, modality_alignment_score
 from mars_jax.losses.cgcl import HardNegatives
 from mars_jax.models import MaRSOutput
 from mars_jax.models.patches import Masking
@@ -95,6 +95,34 @@ def test_hard_negatives_use_the_visible_patches_grid_positions():
     assert abs(float(got) - float(plain)) > 1e-3
     with pytest.raises(ValueError, match="grid width"):
         pretraining_loss(out, cfg)
+
+
+def test_cgcl_sees_only_the_valid_visible_patches():
+    out = fake_output(seed=3)
+    cfg = LossConfig(cgcl_impl="blockwise", cgcl_chunk_size=7, **TEMPS)
+    metrics = jax.jit(lambda o: pretraining_loss(o, cfg)[1])
+    base = metrics(out)
+    ids = np.asarray(out.masking.ids_keep)
+    hidden = np.setdiff1d(np.arange(16), ids[1])[0]
+    patch_valid = np.ones(out.patch_valid.shape, np.float32)
+    patch_valid[1, hidden] = 0.0  # a masked patch without data: MIM's business only
+    got = metrics(out._replace(patch_valid=jnp.asarray(patch_valid)))
+    for name in ("cgcl_patch", "cgcl_global", "cgcl_cross", "mas"):
+        np.testing.assert_allclose(got[name], base[name], rtol=1e-6, err_msg=name)
+
+    patch_valid[0, ids[0, 2]] = 0.0  # a visible patch without data: out of CGCL and MAS
+    masked = out._replace(patch_valid=jnp.asarray(patch_valid))
+    got = metrics(masked)
+    valid = np.take_along_axis(patch_valid, ids, axis=1) > 0  # [B, N_vis], ids_keep order
+    assert valid.sum() == valid.size - 1 and not valid[0, 2]
+    want = cgcl_loss(out.e_rgb, out.e_sar, valid=jnp.asarray(valid), **TEMPS)[1]
+    for t in ("patch", "global", "cross"):
+        np.testing.assert_allclose(got[f"cgcl_{t}"], want[t], rtol=1e-5, err_msg=t)
+        assert abs(float(got[f"cgcl_{t}"]) - float(base[f"cgcl_{t}"])) > 1e-4, t
+    np.testing.assert_allclose(got["mas"], modality_alignment_score(out.e_rgb, out.e_sar,
+                                                                    valid=valid), rtol=1e-5)
+    grad = jax.jit(jax.grad(lambda e: metrics(masked._replace(e_rgb=e))["cgcl"]))(out.e_rgb)
+    assert np.all(np.asarray(grad[0, 2]) == 0) and np.all(np.asarray(grad[0, 3]) != 0)
 
 
 def test_loss_config_rejects_bad_options():

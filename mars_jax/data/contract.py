@@ -24,11 +24,16 @@ if TYPE_CHECKING:
     import jax
 
 __all__ = [
-    "DB_FLOOR", "PRETRAIN_DTYPES", "PRETRAIN_KEYS", "PRETRAIN_SHAPES", "SCENE_PARAMETERS",
+    "DB_FLOOR", "PRETRAIN_DTYPES", "PRETRAIN_KEYS", "PRETRAIN_SHAPES", "SAR_DB_MEAN",
+    "SAR_DB_STD", "SCENE_PARAMETERS",
     "batch_spec", "check_pretraining_example", "pretraining_shapes", "random_batch",
 ]
 
 DB_FLOOR = -50.0  # dB value of zero intensity and of no-data pixels, below any SAR noise floor
+# The SAR statistics the models normalise with by default (MaRSConfig.sar_db_mean / sar_db_std):
+# ingestion maps uncalibrated SAR onto them (``--sar-normalise percentile``).
+SAR_DB_MEAN = -12.0
+SAR_DB_STD = 6.0
 SCENE_PARAMETERS = ("gsd", "sun_azimuth", "sun_elevation", "look_azimuth", "incidence", "looks")
 
 PRETRAIN_KEYS = ("optical", "sar", "valid")

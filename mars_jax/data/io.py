@@ -10,6 +10,17 @@ Whole scenes are read into memory.
 
 Bands are chosen by 1-based number, as in GDAL and rasterio, or by band description (``VV``).
 
+SAR unit (``decide_sar_kind``, for ``--sar-kind auto``)
+-------------------------------------------------------
+Integer data without calibration (no scale / offset in the file or given) is amplitude DN:
+display images, uncalibrated products (``SarKind.uncalibrated``). Otherwise the unit the
+metadata states (band units, then tags such as ``UNITS``), else dB when the values fit dB
+(1st..99th percentiles within ``DB_PLAUSIBLE``, at least ``DB_MIN_NEGATIVE`` of them negative).
+Anything else cannot be told and raises ``SarKindError``. An explicit or stated unit the values
+cannot be in (dB values of 8..255, negative amplitudes) raises ``SarKindError`` too, naming the
+file, the range and the flag to use, unless forced. ``match_db_statistics`` maps uncalibrated dB
+onto given statistics (an affine map per band).
+
 SAR -> dB float32 (``sar_to_db``)
 ---------------------------------
 1. Calibration: ``x = scale * raw + offset``. The defaults (1, 0) take a digital number (DN) of a
@@ -30,7 +41,9 @@ Optical -> uint8 RGB (``optical_to_uint8``)
    without, a per-band linear stretch mapping the 2nd..98th percentiles of the scene's valid
    pixels to 0..255 (computed on the whole scene, so all its tiles share one stretch).
 3. No-data: a pixel is no-data where all its bands equal the declared nodata or any band is NaN
-   or +-inf; its RGB is set to 0.
+   or +-inf; its RGB is set to 0. Alpha and mask bands come with the metadata
+   (``RasterMeta.mask``). ``border_black`` finds the black fill of rotated display images: black
+   runs connected to the image border.
 
 Labels (``labels_to_uint8``): one band of integer class ids in 0..255, stored as uint8.
 """
@@ -39,15 +52,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 
 from mars_jax.data.contract import DB_FLOOR
@@ -95,10 +110,32 @@ class RasterMeta:
     transform: tuple[float, ...] | None = None
     nodata: float | None = None
     descriptions: tuple[str | None, ...] = ()
+    units: tuple[str | None, ...] = ()  # per band, e.g. "dB" (GDAL band units)
+    tags: dict[str, str] = field(default_factory=dict)  # dataset-level metadata items
+    scales: tuple[float, ...] = ()  # per band: value = scale * DN + offset (GDAL)
+    offsets: tuple[float, ...] = ()
+    # Valid pixels from an alpha band or a mask band (GDAL / PNG alpha); None: no such band.
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    alpha_band: int | None = None  # 1-based number of the alpha band, if any
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """1-based numbers of every band but the alpha band: the default band selection."""
+        return tuple(band for band in range(1, self.count + 1) if band != self.alpha_band)
 
     @property
     def georeferenced(self) -> bool:
         return self.crs is not None
+
+    @property
+    def display_format(self) -> bool:
+        """PNG / JPEG: display images, 8-bit, without georeferencing or calibration."""
+        return self.path.suffix.lower() in PILLOW_SUFFIXES
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the file declares a calibration (scale / offset other than 1 / 0)."""
+        return any(s != 1 for s in self.scales) or any(o != 0 for o in self.offsets)
 
 
 def read_raster(path: str | os.PathLike) -> tuple[np.ndarray, RasterMeta]:
@@ -124,8 +161,25 @@ def _read_with_rasterio(path: Path) -> tuple[np.ndarray, RasterMeta]:
                 dtype=str(array.dtype),
                 crs=dataset.crs.to_string() if georeferenced else None,
                 transform=tuple(dataset.transform)[:6] if georeferenced else None,
-                nodata=dataset.nodata, descriptions=tuple(dataset.descriptions))
+                nodata=dataset.nodata, descriptions=tuple(dataset.descriptions),
+                units=tuple(dataset.units), tags=dict(dataset.tags()),
+                scales=tuple(dataset.scales), offsets=tuple(dataset.offsets),
+                mask=_mask_band(dataset), alpha_band=_alpha_band(dataset))
     return array, meta
+
+
+def _alpha_band(dataset) -> int | None:
+    alpha = [i + 1 for i, ci in enumerate(dataset.colorinterp) if ci == ColorInterp.alpha]
+    return alpha[0] if alpha else None
+
+
+def _mask_band(dataset) -> np.ndarray | None:
+    """Valid pixels by the file's alpha or mask band (not its nodata value: handled apart)."""
+    alpha = _alpha_band(dataset) is not None
+    flags = {flag for band_flags in dataset.mask_flag_enums for flag in band_flags}
+    if alpha or (MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags):
+        return dataset.dataset_mask() > 0
+    return None
 
 
 def _read_with_pillow(path: Path) -> tuple[np.ndarray, RasterMeta]:
@@ -134,11 +188,13 @@ def _read_with_pillow(path: Path) -> tuple[np.ndarray, RasterMeta]:
         if image.mode in _PILLOW_CONVERSIONS:
             image = image.convert(_PILLOW_CONVERSIONS[image.mode])
         array = np.asarray(image)
+        alpha = image.mode in ("RGBA", "LA", "La", "RGBa")
     if array.ndim == 2:
         array = array[..., None]
     height, width, count = array.shape
     meta = RasterMeta(path=path, height=height, width=width, count=count, dtype=str(array.dtype),
-                      descriptions=(None,) * count)
+                      descriptions=(None,) * count, mask=array[..., -1] > 0 if alpha else None,
+                      alpha_band=count if alpha else None)
     return array, meta
 
 
@@ -210,6 +266,191 @@ def _sar_nodata(raw: np.ndarray, calibrated: np.ndarray, kind: str,
     if kind != "db":
         nodata_bands |= ~(calibrated > 0)
     return nodata_bands
+
+
+# ---------------------------------------------------------------------------------------------
+# What unit SAR values are in (``--sar-kind auto``), and whether they can be in a given one
+
+SAR_KIND_CHOICES = ("auto", *SAR_KINDS)
+# dB backscatter of land, water and cities at VHR lies within these bounds (1st / 99th
+# percentiles); 8-bit display DN (0..255) and linear intensity (>= 0) do not.
+DB_PLAUSIBLE = (-60.0, 45.0)
+DB_MIN_NEGATIVE = 0.25  # fraction of negative values dB data has at least (land is < 0 dB)
+_UNIT_WORDS = (("db", "db"), ("decibel", "db"), ("amplitude", "amplitude"),
+               ("intensity", "intensity"), ("power", "intensity"), ("sigma0", "intensity"))
+_UNIT_TAGS = ("units", "unit", "sar_units", "sar_kind", "measurement")
+
+
+class SarKindError(ValueError):
+    """SAR values that cannot be in the unit asked for (or whose unit cannot be told)."""
+
+
+@dataclass(frozen=True)
+class SarKind:
+    """The unit SAR values are taken in, the rule that decided (shared by like scenes), the
+    reason in this file's terms (its values), and whether they are uncalibrated display DN."""
+
+    kind: str
+    rule: str
+    reason: str
+    uncalibrated: bool = False
+
+
+def stated_sar_kind(meta: RasterMeta) -> str | None:
+    """The unit the file's metadata states (band units first, then dataset tags), or None."""
+    texts = [unit for unit in meta.units if unit]
+    texts += [value for key, value in meta.tags.items() if key.casefold() in _UNIT_TAGS]
+    for text in texts:
+        words = re.findall(r"[a-z0-9]+", text.casefold())
+        for word, kind in _UNIT_WORDS:
+            if word in words:
+                return kind
+    return None
+
+
+def _value_profile(values: np.ndarray) -> tuple[float, float, float, str]:
+    """(1st percentile, 99th percentile, fraction negative, "min..max") of the finite non-zero
+    values: the percentiles decide (a few outliers do not), the range is what users check."""
+    values = values[np.isfinite(values) & (values != 0)]
+    if values.size == 0:
+        return math.nan, math.nan, 0.0, "none"
+    low, high = np.percentile(values, (1, 99))
+    return float(low), float(high), float(np.mean(values < 0)), \
+        f"{values.min():g}..{values.max():g}"
+
+
+def _fits_db(low: float, high: float, negative: float) -> bool:
+    return DB_PLAUSIBLE[0] <= low and high <= DB_PLAUSIBLE[1] and negative >= DB_MIN_NEGATIVE
+
+
+def implausible_for(kind: str, low: float, high: float, negative: float,
+                    span: str = "") -> str | None:
+    """Why values with this profile cannot be in ``kind``, or None when they can."""
+    if math.isnan(low):
+        return None  # no value to judge: the no-data checks report it
+    if kind == "db" and not (DB_PLAUSIBLE[0] <= low and high <= DB_PLAUSIBLE[1]
+                             and negative >= 0.01):
+        return (f"dB backscatter lies within {DB_PLAUSIBLE[0]:g}..{DB_PLAUSIBLE[1]:g} dB and is "
+                f"mostly negative; these values span {span} (1st..99th percentiles "
+                f"{low:g}..{high:g}, {negative:.0%} negative)")
+    if kind != "db" and negative > 0.01:
+        return (f"{kind} cannot be negative, and {negative:.0%} of these values are "
+                f"(they span {span}): they would all become no-data")
+    return None
+
+
+def decide_sar_kind(raw: np.ndarray, meta: RasterMeta, requested: str, *, scale: float = 1.0,
+                    offset: float = 0.0, force: bool = False) -> SarKind:
+    """The unit of SAR ``raw`` (the selected bands) for ``--sar-kind requested``.
+
+    ``auto``: integer data without any calibration (neither the file's scale / offset nor
+    ``scale`` / ``offset``) is amplitude DN, uncalibrated; otherwise the unit the metadata
+    states, else dB when the calibrated values fit dB. An explicit kind (or a stated one) is
+    checked against the values: implausible values raise ``SarKindError`` naming the file,
+    the range and the flag to use, unless ``force`` (explicit kinds only).
+    """
+    if requested not in SAR_KIND_CHOICES:
+        raise ValueError(f"SAR kind must be one of {SAR_KIND_CHOICES}, got {requested!r}")
+    raw = np.asarray(raw)
+    user_calibration = scale != 1 or offset != 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        calibrated = raw.astype(np.promote_types(raw.dtype, np.float32)) * scale + offset
+    low, high, negative, span = _value_profile(np.where(raw == 0, 0, calibrated))
+    described = f"{raw.dtype} values {span}"
+    if requested != "auto":
+        problem = implausible_for(requested, low, high, negative, span)
+        if problem and not force:
+            better = _auto_kind(raw, meta, scale, offset)
+            hint = f"--sar-kind {better}" if better and better != requested else "--sar-kind"
+            raise SarKindError(
+                f"{meta.path}: --sar-kind {requested}, but {problem}: pass {hint} (or keep "
+                f"--sar-kind {requested} with --force)")
+        flag = f"--sar-kind {requested}" + (" --force" if problem else "")
+        return SarKind(requested, flag, flag + (f" ({problem})" if problem else ""))
+    if math.isnan(low):  # no valid value: the no-data checks report the scene
+        return SarKind("db", "no valid value", "no valid value to judge the unit by")
+    integer = raw.dtype.kind in "ui"
+    if integer and not (user_calibration or meta.calibrated or stated_sar_kind(meta)):
+        if negative > 0.01:
+            raise SarKindError(
+                f"{meta.path}: {described} ({negative:.0%} negative) are neither amplitude DN "
+                "nor dB: pass --sar-kind db with --sar-scale / --sar-offset")
+        return SarKind("amplitude", f"{raw.dtype} without calibration metadata: amplitude DN "
+                       "(20 log10 DN)", f"{described} without calibration metadata",
+                       uncalibrated=True)
+    stated = stated_sar_kind(meta)
+    if stated:
+        problem = implausible_for(stated, low, high, negative, span)
+        if problem:
+            raise SarKindError(f"{meta.path}: the file states SAR in {stated}, but {problem}: "
+                               "pass --sar-kind (with --force to keep it)")
+        return SarKind(stated, f"the file's metadata states {stated}",
+                       f"the file's metadata states {stated}; values {span}")
+    if _fits_db(low, high, negative):
+        return SarKind("db", f"{raw.dtype} values that fit dB (mostly negative, within "
+                             f"{DB_PLAUSIBLE[0]:g}..{DB_PLAUSIBLE[1]:g})",
+                       f"{described} ({negative:.0%} negative) fit dB")
+    raise SarKindError(
+        f"{meta.path}: cannot tell the unit of {described} ({negative:.0%} negative, no "
+        "unit in the metadata): pass --sar-kind intensity or --sar-kind amplitude (linear "
+        "values) or --sar-kind db")
+
+
+def _auto_kind(raw, meta, scale: float, offset: float) -> str | None:
+    """What ``--sar-kind auto`` would take these values as (None: it cannot tell)."""
+    try:
+        return decide_sar_kind(raw, meta, "auto", scale=scale, offset=offset).kind
+    except SarKindError:
+        return None
+
+
+def match_db_statistics(db: np.ndarray, valid: np.ndarray, mean: Sequence[float],
+                        std: Sequence[float], percentiles: tuple[float, float] = (2.0, 98.0),
+                        floor_db: float = DB_FLOOR) -> tuple[np.ndarray, list[float], list[float]]:
+    """An affine map per band giving the valid pixels the dB ``mean`` and ``std``.
+
+    For uncalibrated SAR (display DN), whose dB values carry an arbitrary gain and offset
+    while the model normalises with fixed dB statistics. The moments are those of the values
+    clipped to their ``percentiles`` (winsorised), so the DN floor of dark water and a few
+    saturated corner reflectors do not set the scale. -> (dB, gains, offsets): ``gain * db +
+    offset`` per band, no-data kept at ``floor_db`` and values floored there.
+    """
+    bands = db.shape[-1]
+    mean = list(mean) * bands if len(mean) == 1 else list(mean)
+    std = list(std) * bands if len(std) == 1 else list(std)
+    out, gains, offsets = db.copy(), [], []
+    for band in range(bands):
+        values = db[..., band][valid].astype(np.float64)
+        if values.size:
+            clipped = np.clip(values, *np.percentile(values, percentiles))
+            spread, centre = clipped.std(), clipped.mean()
+        else:
+            spread, centre = 0.0, 0.0
+        gain = std[band] / spread if spread > 0 else 0.0
+        shift = mean[band] - gain * centre
+        out[..., band] = np.where(valid, np.maximum(gain * db[..., band] + shift, floor_db),
+                                  floor_db)
+        gains.append(float(gain))
+        offsets.append(float(shift))
+    return out.astype(np.float32), gains, offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Optical
+
+
+def border_black(array: np.ndarray, threshold: int = 0) -> np.ndarray:
+    """Pixels of black runs (every band <= threshold) connected to the image border.
+
+    The fill of rotated or reprojected display images: black corners and edges. Black inside
+    the image (shadows, water at night) is kept unless it touches fill that touches the border.
+    """
+    from scipy import ndimage
+
+    black = (np.asarray(array) <= threshold).all(axis=-1)
+    seeds = np.zeros_like(black)
+    seeds[[0, -1], :], seeds[:, [0, -1]] = black[[0, -1], :], black[:, [0, -1]]
+    return ndimage.binary_propagation(seeds, mask=black)
 
 
 def optical_to_uint8(array: np.ndarray, *, scale: float | None = None,

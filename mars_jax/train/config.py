@@ -46,6 +46,9 @@ class DataConfig(Section):
     flips: bool = True
     rotations: bool = True
     workers: int = 0  # grain worker processes (0: in the main process)
+    # source="shards": a record that fails to read or decode is replaced by the next readable
+    # one, warned about and counted (metric data/corrupt_skipped) instead of stopping the run
+    skip_corrupt: bool = False
 
     def validate(self) -> None:
         self.require_one_of("source", DATA_SOURCES)

@@ -203,13 +203,18 @@ class MetricLogger:
 
 # -- accumulation ----------------------------------------------------------------------------
 
+CORRUPT_METRIC = "data/corrupt_skipped"  # corrupt records replaced (data.skip_corrupt=True)
+SUMMED_METRICS = frozenset({CORRUPT_METRIC})  # counts: summed over the interval, not averaged
+
+
 class MetricAccumulator:
     """Means of per-step scalar metrics over a logging interval (one clu ``Average`` per key).
 
     The trainer has already fetched each step's scalars to the host (to check they are
     finite), so values are kept on the host and reduced once per interval: per-step device
     dispatches would cost more than a small model's step. Keys may come and go between
-    steps: each is averaged over the steps that reported it.
+    steps: each is averaged over the steps that reported it. Counts (``SUMMED_METRICS``) are
+    summed over the interval instead.
     """
 
     def __init__(self):
@@ -224,8 +229,10 @@ class MetricAccumulator:
             self._values.setdefault(name, []).append(float(value))
 
     def compute(self) -> dict[str, float]:
-        """The interval means as Python floats (empty before the first update)."""
-        return {name: float(clu_metrics.Average.from_model_output(
+        """The interval means (sums for ``SUMMED_METRICS``) as Python floats (empty before
+        the first update)."""
+        return {name: float(sum(values)) if name in SUMMED_METRICS
+                else float(clu_metrics.Average.from_model_output(
                     np.asarray(values, np.float32)).compute())
                 for name, values in self._values.items()}
 

@@ -1,6 +1,8 @@
 """The pretraining objective: L = L_mim_rgb + L_mim_sar + lambda * L_cgcl.
 
-L_cgcl = alpha L_patch + beta L_global + gamma L_cross, with the paper's options:
+L_cgcl = alpha L_patch + beta L_global + gamma L_cross over the visible patches that have data in
+both modalities (``visible_validity``; the others are neither queries nor keys), with the
+paper's options:
   - sharded CGCL (default): the blockwise loss under ``jax.shard_map`` over the data axes of the
     mesh set with ``jax.set_mesh`` (all-gathered or ring-passed keys), equal to the
     single-device loss; without a mesh it is the blockwise loss (the same numbers);
@@ -84,6 +86,12 @@ def visible_positions(ids_keep: jax.Array, grid_width: int) -> jax.Array:
     return jnp.stack([ids_keep // grid_width, ids_keep % grid_width], axis=-1)
 
 
+def visible_validity(out: MaRSOutput) -> jax.Array:
+    """[B, N_vis] bool: which visible patches (``ids_keep`` order, as the CGCL embeddings) have
+    data in both modalities, from the full grid's ``patch_valid``."""
+    return jnp.take_along_axis(out.patch_valid, out.masking.ids_keep, axis=1) > 0
+
+
 def _resolved_impl(impl: str) -> str:
     """The sharded loss needs a mesh; on one device without one it is the blockwise loss."""
     if impl == "sharded" and jax.sharding.get_abstract_mesh().empty:
@@ -102,12 +110,14 @@ def cgcl_objective(out: MaRSOutput, cfg: LossConfig, *, temperatures: jax.Array 
             raise ValueError("loss config: hard negatives need the patch grid width")
         positions = visible_positions(out.masking.ids_keep, grid_width)
     key_dtype = cfg.cgcl_key_dtype or out.e_rgb.dtype
+    valid = visible_validity(out)
 
     def terms_of(e_rgb, e_sar):
         _, terms = cgcl_loss(e_rgb, e_sar, tau_patch=taus[0], tau_global=taus[1],
                              tau_cross=taus[2], impl=_resolved_impl(cfg.cgcl_impl),
                              chunk_size=cfg.cgcl_chunk_size, key_dtype=key_dtype,
-                             positions=positions, hard_negatives=hard, keys=cfg.cgcl_keys)
+                             positions=positions, hard_negatives=hard, keys=cfg.cgcl_keys,
+                             valid=valid)
         return jnp.stack([terms[t] for t in TERMS])
 
     if cfg.adaptive_weights:
@@ -146,6 +156,7 @@ def pretraining_loss(out: MaRSOutput, cfg: LossConfig, *, temperatures: jax.Arra
                **cgcl_metrics}
     b, n, _ = out.z_rgb.shape
     if b * n >= 2:
-        metrics["mas"] = modality_alignment_score(out.e_rgb, out.e_sar)
+        metrics["mas"] = modality_alignment_score(out.e_rgb, out.e_sar,
+                                                  valid=visible_validity(out))
     return total, metrics
 

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mars_jax import parallel
 from mars_jax.data.pipeline import PRETRAIN_KEYS, SynthSource, make_pipeline
+from mars_jax.data.records import CORRUPT_KEY
 from mars_jax.models import MaRSConfig, MaRSPretrainer
 from mars_jax.train import flops, images
 from mars_jax.train.checkpoint import Checkpointer, quiet_background_save_errors
@@ -35,8 +36,10 @@ from mars_jax.train.loop import (
     itstime,
     restore_or_init,
 )
+from mars_jax.train.metrics import CORRUPT_METRIC
 from mars_jax.train.objective import LossConfig, pretraining_loss
 from mars_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from mars_jax.train.shard_check import check_ingest_summary
 
 __all__ = ["NonFiniteError", "Plan", "initial_state", "jit_train_step", "make_plan",
            "make_train_step", "model_and_optimizer", "train"]
@@ -101,6 +104,7 @@ def make_plan(config: ml_collections.ConfigDict, devices=None) -> Plan:
     if exp.data.source == "synth" and exp.data.synth_size < size:
         raise ValueError(f"config.data.synth_size {exp.data.synth_size} is smaller than "
                          f"the crop config.input.image_size {size}")
+    check_ingest_summary(exp)
     return Plan(exp, mesh)
 
 
@@ -117,7 +121,7 @@ def make_source(data: DataConfig, seed: int):
         if not shards:
             raise FileNotFoundError(f"config.data.shards_dir {data.shards_dir!r} holds no "
                                     "*.array_record shards")
-        return ShardSource(shards)
+        return ShardSource(shards, skip_corrupt=data.skip_corrupt)
     import tensorflow_datasets as tfds
 
     import mars_jax.data.tfds_builders  # noqa: F401  (registers the builders)
@@ -128,9 +132,11 @@ def make_source(data: DataConfig, seed: int):
 
 def make_input(plan: Plan):
     exp = plan.experiment
-    return make_pipeline(
-        make_source(exp.data, exp.seed), global_batch_size=plan.global_batch, seed=exp.seed,
-        keys=PRETRAIN_KEYS, crop_size=plan.image_size, flips=exp.data.flips,
+    source = make_source(exp.data, exp.seed)
+    return make_pipeline(  # extra_keys: the CORRUPT_KEY marks of ShardSource(skip_corrupt=True)
+        source, global_batch_size=plan.global_batch, seed=exp.seed,
+        keys=PRETRAIN_KEYS + tuple(getattr(source, "extra_keys", ())),
+        crop_size=plan.image_size, flips=exp.data.flips,
         rotations=exp.data.rotations, process_index=jax.process_index(),
         process_count=jax.process_count(), worker_count=exp.data.workers)
 
@@ -227,11 +233,16 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
     The shared masks are drawn for the whole batch and cut with it, so a micro-batch sees
     the masks it would have had in one large step: MIM terms average to the large-batch
     values, while CGCL's negatives span one micro-batch (as in any accumulation of a
-    contrastive loss)."""
+    contrastive loss).
+
+    A batch from ``ShardSource(skip_corrupt=True)`` also carries ``CORRUPT_KEY`` (1 per example
+    that replaced a corrupt record): its global sum is the metric ``data/corrupt_skipped``."""
     accum = plan.optim.grad_accum_steps
     loss_and_grads = make_loss_and_grads(plan)
 
     def train_step(state: nnx.State, batch: Mapping[str, jax.Array], step: jax.Array):
+        batch = dict(batch)
+        corrupt = batch.pop(CORRUPT_KEY, None)
         model, optimizer = nnx.merge(graphdef, state)
         model_def, params, rest = nnx.split(model, nnx.Param, ...)
         inputs = dict(batch, mask_noise=mask_noise(plan, seed, step,
@@ -239,6 +250,8 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
         grads, metrics = accumulated_gradients(loss_and_grads, params, rest, model_def,
                                                inputs, accum, plan.mesh)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        if corrupt is not None:
+            metrics[CORRUPT_METRIC] = jnp.sum(corrupt)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), metrics
 

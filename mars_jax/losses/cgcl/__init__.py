@@ -8,11 +8,29 @@ two modalities, g_i = mean_j z_ij the image embeddings and M = B*N:
   L_cross  = 1/(2M) sum_{ij} [ -log softmax_k s(z^R_ij, g^S_k)/tau_c  - log softmax_k
                                s(z^S_ij, g^R_k)/tau_c ]                    at k = i
 
-Negatives span the whole batch given (all M SAR patches for L_patch). ``cgcl_loss`` is the one
-entry point; it checks its arguments (common.validate) and dispatches to an implementation:
-``impl="dense"`` (dense.py) materialises the M x M patch logits; ``impl="blockwise"``
-(blockwise.py) streams them with memory linear in M, and ``impl="sharded"`` (sharded.py) does
-so for a batch split over the data axes of a device mesh, equal to the single-device loss.
+Negatives span the whole batch given (all M SAR patches for L_patch).
+
+With a patch mask v in {0, 1}^{B x N} (``valid``; None: every patch valid, and the numbers are
+exactly the unmasked ones), P = {(i, j): v_ij = 1} are the valid patches, M = |P|, and
+I = {i: some v_ij = 1} the images with a valid patch, B' = |I|:
+
+  g_i      = mean_{j: v_ij = 1} z_ij                       (i in I; other images have none)
+  L_patch  = -1/M  sum_{(ij) in P} log softmax_{(kl) in P}( s(z^R_ij, z^S_kl) / tau_p ) at (i, j)
+  L_global = -1/B' sum_{i in I}    log softmax_{k in I}   ( s(g^R_i,  g^S_k)  / tau_g ) at k = i
+  L_cross  = 1/(2M) sum_{(ij) in P} [ -log softmax_{k in I} s(z^R_ij, g^S_k)/tau_c
+                                      -log softmax_{k in I} s(z^S_ij, g^R_k)/tau_c ]  at k = i
+
+so invalid patches are neither queries nor keys, and their embeddings (even non-finite ones)
+affect nothing: their gradient is exactly 0. A term whose mean is empty is 0 (M = 0: all three;
+B' = 1 gives L_global = 0 as without a mask); values and gradients stay finite. Excluded keys
+get a finite, very negative logit (``common.MASKED_LOGIT``), never -inf. Hard negatives (below)
+weight valid keys only.
+
+``cgcl_loss`` is the one entry point; it checks its arguments (common.validate) and dispatches
+to an implementation: ``impl="dense"`` (dense.py) materialises the M x M patch logits;
+``impl="blockwise"`` (blockwise.py) streams them with memory linear in M, and
+``impl="sharded"`` (sharded.py) does so for a batch split over the data axes of a device mesh,
+equal to the single-device loss.
 
 Options from the paper, off by default:
   hard negatives  L_patch's denominator weights the query's own-image patches within a radius
@@ -62,6 +80,7 @@ def cgcl_loss(
     chunk_size: int = 2048, key_dtype=None, positions: jax.Array | None = None,
     hard_negatives: HardNegatives | None = None, mesh: Mesh | None = None,
     axes: Sequence[str] = ("data", "fsdp"), keys: str = "gather",
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Returns ``(alpha*patch + beta*global + gamma*cross, {"patch", "global", "cross"})``.
 
@@ -74,14 +93,16 @@ def cgcl_loss(
       the SAR patch keys all-gathered (``keys="gather"``) or passed around a ring ("ring").
     positions, hard_negatives: [B, N, 2] grid (row, col) of each patch and ``HardNegatives``
       for L_patch; both None by default.
+    valid: [B, N] bool or 0/1 patch mask (e.g. patches with data in both modalities); None:
+      all valid. Masked formulas above; split like the embeddings in the sharded impl.
     Every argument is checked here, whatever the impl (ValueError); the mesh by the sharded
     implementation, which resolves it.
     """
     validate(z_rgb, z_sar, impl=impl, tau_patch=tau_patch, tau_global=tau_global,
              tau_cross=tau_cross, chunk_size=chunk_size, key_dtype=key_dtype,
-             positions=positions, hard_negatives=hard_negatives, keys=keys)
+             positions=positions, hard_negatives=hard_negatives, keys=keys, valid=valid)
     taus = dict(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
-    options = dict(positions=positions, hard_negatives=hard_negatives)
+    options = dict(positions=positions, hard_negatives=hard_negatives, valid=valid)
     if impl == "dense":
         terms = dense_terms(z_rgb, z_sar, **taus, precision=precision, **options)
     elif impl == "blockwise":

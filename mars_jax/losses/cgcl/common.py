@@ -1,4 +1,5 @@
-"""What every CGCL implementation shares: dtypes, unit embeddings, hard negatives, validation.
+"""What every CGCL implementation shares: dtypes, unit embeddings, hard negatives, patch
+validity, argument checks.
 
 This module imports nothing else of the package: the implementations (dense.py, blockwise.py,
 sharded.py) and ``cgcl_loss`` (__init__.py) import it, never the other way round.
@@ -20,6 +21,10 @@ import numpy as np
 
 HIGHEST = jax.lax.Precision.HIGHEST
 NORM_EPS = 1e-12  # l2_normalize's floor on the norm (blockwise.py's fused unit rows use it too)
+# The logit of an excluded key (invalid patch, image without a valid patch, padding). Finite, so
+# a row with no key left stays finite (no inf - inf, no NaN gradient), and far enough below any
+# real logit (|logit| <= 1/tau + log(weight)) that exp(MASKED_LOGIT - max) is exactly 0.
+MASKED_LOGIT = -1e9
 
 CGCL_IMPLS = ("dense", "blockwise", "sharded")  # ``cgcl_loss(impl=...)``
 CGCL_KEYS = ("gather", "ring")  # ``cgcl_loss(keys=...)``: how sharded CGCL shares SAR keys
@@ -73,15 +78,38 @@ def hard_negative_bias(q_meta: jax.Array, k_meta: jax.Array, hard: HardNegatives
     return jnp.where(hard_mask, jnp.asarray(math.log(hard.weight), dtype), jnp.zeros((), dtype))
 
 
-def unit_embeddings(z_rgb: jax.Array, z_sar: jax.Array):
+def as_mask(valid: jax.Array | None) -> jax.Array | None:
+    """A bool [B, N] patch mask from a bool or 0/1 array (None: every patch valid)."""
+    return None if valid is None else jnp.asarray(valid) != 0
+
+
+def zero_invalid(z: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """z with its invalid patches zeroed: whatever they hold (even NaN) reaches nothing, and
+    their gradient is exactly 0."""
+    return z if valid is None else jnp.where(valid[..., None], z, jnp.zeros((), z.dtype))
+
+
+def valid_count(valid: jax.Array, axis: int | None = None, dtype=jnp.float32) -> jax.Array:
+    """max(number of valid entries, 1): the divisor of a mean over the valid queries, which
+    leaves an empty mean 0 instead of NaN."""
+    return jnp.maximum(jnp.sum(valid, axis=axis, dtype=dtype), 1)
+
+
+def unit_embeddings(z_rgb: jax.Array, z_sar: jax.Array, valid: jax.Array | None = None):
     """Unit patch rows r, s [B*N, D] and unit image embeddings g_r, g_s [B, D] (g_i = mean_j
-    z_ij, then normalised), in the compute dtype: cosine similarities become dot products."""
+    z_ij over the valid patches j, then normalised), in the compute dtype: cosine similarities
+    become dot products. Invalid patches' rows are zero, as is an image without valid patch's
+    embedding."""
     dtype = compute_dtype(z_rgb)
-    zr, zs = z_rgb.astype(dtype), z_sar.astype(dtype)
+    zr, zs = zero_invalid(z_rgb.astype(dtype), valid), zero_invalid(z_sar.astype(dtype), valid)
     b, n, d = zr.shape
     r = l2_normalize(zr).reshape(b * n, d)
     s = l2_normalize(zs).reshape(b * n, d)
-    return r, s, l2_normalize(jnp.mean(zr, axis=1)), l2_normalize(jnp.mean(zs, axis=1))
+    if valid is None:
+        return r, s, l2_normalize(jnp.mean(zr, axis=1)), l2_normalize(jnp.mean(zs, axis=1))
+    count = valid_count(valid, axis=1, dtype=dtype)[:, None]
+    g_r, g_s = jnp.sum(zr, axis=1) / count, jnp.sum(zs, axis=1) / count
+    return r, s, l2_normalize(g_r), l2_normalize(g_s)
 
 
 def inverse_temperatures(tau_patch, tau_global, tau_cross) -> tuple:
@@ -126,6 +154,12 @@ def check_positions(positions: jax.Array | None, shape: tuple[int, ...],
                          f"patch), got {tuple(positions.shape)}")
 
 
+def check_valid(valid: jax.Array | None, shape: tuple[int, ...]) -> None:
+    if valid is not None and tuple(jnp.shape(valid)) != tuple(shape[:2]):
+        raise ValueError(f"valid must be [B, N] = {tuple(shape[:2])} (one flag per patch of "
+                         f"embeddings {tuple(shape)}), got {tuple(jnp.shape(valid))}")
+
+
 def check_streaming_args(chunk_size: int, key_dtype) -> None:
     if not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -136,7 +170,7 @@ def check_streaming_args(chunk_size: int, key_dtype) -> None:
 def validate(z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch, tau_global, tau_cross,
              impl: str = "dense", chunk_size: int = 2048, key_dtype=None,
              positions: jax.Array | None = None, hard_negatives: HardNegatives | None = None,
-             keys: str = "gather") -> None:
+             keys: str = "gather", valid: jax.Array | None = None) -> None:
     """Every check of ``cgcl_loss``'s arguments (ValueError on the first that fails).
 
     All arguments are checked whatever the impl, so a configuration that works with one impl
@@ -151,3 +185,4 @@ def validate(z_rgb: jax.Array, z_sar: jax.Array, *, tau_patch, tau_global, tau_c
     check_temperatures(tau_patch=tau_patch, tau_global=tau_global, tau_cross=tau_cross)
     check_streaming_args(chunk_size, key_dtype)
     check_positions(positions, z_rgb.shape, hard_negatives)
+    check_valid(valid, z_rgb.shape)
