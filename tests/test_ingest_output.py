@@ -134,7 +134,8 @@ def test_an_unwritable_out_fails_before_any_scene_is_read(tmp_path, capsys):
     blocker.write_text("a file where a folder would go")
     # The optical folder does not exist: the --out check comes first, before any input.
     config = synthetic_config(tmp_path, optical=tmp_path / "nowhere", out=blocker / "out")
-    with pytest.raises(IngestUsageError, match=r"--out .*/file/out: cannot write in .*/file"):
+    with pytest.raises(IngestUsageError, match=r"--out .*/file/out: .*/file is a file, not a "
+                                               r"folder: choose a writable --out"):
         ingest(config)
     assert blocker.read_text() == "a file where a folder would go"
     with pytest.raises(SystemExit) as refused:

@@ -63,6 +63,7 @@ def mesh_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow  # every mesh trained in turn: ~3 min of compiles on 2 cores
 def test_meshes_give_the_same_losses(mesh_runs):
     reference = mesh_runs[(1, 1, 1)]
     assert sorted(reference) == [1, 2, 3, 4, 5]

@@ -82,6 +82,7 @@ def reference(tmp_path_factory, repo_root):
     return metrics(workdir)
 
 
+@pytest.mark.slow  # training processes killed and resumed: ~3 min on 2 cores
 def test_sigkill_and_resume_give_the_same_losses(tmp_path, repo_root, reference):
     code, _, _ = interrupt(tmp_path, repo_root, signal.SIGKILL, after_step=5)
     assert code == -signal.SIGKILL

@@ -8,6 +8,7 @@ decoders. Either modality may be missing (disaster response often has SAR only):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -43,6 +44,9 @@ class EncoderOutput(NamedTuple):
     f_rgb: jax.Array | None  # [B, N_vis, D] after Meta-Modality Attention (None: fuse=False)
     f_sar: jax.Array | None
     patch_valid: jax.Array  # [B, N] (the full grid)
+    levels_rgb: tuple[jax.Array, ...] | None = None  # [B, N_vis, D] per requested layer
+    levels_sar: tuple[jax.Array, ...] | None = None
+    grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid
 
 
 class MaRSEncoder(nnx.Module):
@@ -121,29 +125,54 @@ class MaRSEncoder(nnx.Module):
         return PreparedInputs(keep(x_rgb), keep(x_sar), patch_valid.astype(jnp.float32))
 
     def encode_prepared(self, inputs: PreparedInputs, ids_keep: jax.Array | None = None, *,
-                        fuse: bool = True) -> EncoderOutput:
-        """Encodes the patches ``ids_keep`` [B, N_vis] (all when None) of prepared inputs."""
-        z_rgb = None if inputs.x_rgb is None else self.optical_vit(inputs.x_rgb, ids_keep)
-        z_sar = None if inputs.x_sar is None else self.sar_vit(inputs.x_sar, ids_keep)
+                        fuse: bool = True, layers: Sequence[int] | None = None,
+                        present: jax.Array | None = None) -> EncoderOutput:
+        """Encodes the patches ``ids_keep`` [B, N_vis] (all when None) of prepared inputs.
+
+        ``layers``: encoder block indices whose (normalised) outputs are returned too, per
+        modality (``levels_rgb`` / ``levels_sar``), for multi-level heads. ``present`` [B, 2]
+        bool: per-example modality presence for MMA (``MetaModalityAttention``), with both
+        modalities given.
+        """
+        x = inputs.x_rgb if inputs.x_rgb is not None else inputs.x_sar
+        grid = (x.shape[1] // self.config.patch_size, x.shape[2] // self.config.patch_size)
+
+        def run(vit, images):
+            if images is None:
+                return None, None
+            if layers is None:
+                return vit(images, ids_keep), None
+            return vit(images, ids_keep, collect=layers)
+
+        z_rgb, levels_rgb = run(self.optical_vit, inputs.x_rgb)
+        z_sar, levels_sar = run(self.sar_vit, inputs.x_sar)
         e_rgb = z_rgb if z_rgb is None or self.optical_projection is None else (
             self.optical_projection(z_rgb))
         e_sar = z_sar if z_sar is None or self.sar_projection is None else (
             self.sar_projection(z_sar))
+        if present is not None and (z_rgb is None or z_sar is None):
+            raise ValueError("present (per-example modality presence) needs both optical and "
+                             "sar inputs; with one missing, MMA runs on the one given")
         f_rgb = f_sar = None
         if fuse:
             if z_rgb is not None and z_sar is not None:
-                f_rgb, f_sar = self.mma(z_rgb, z_sar)
+                f_rgb, f_sar = self.mma(z_rgb, z_sar, present)
             elif z_rgb is not None:
                 f_rgb = self.mma.single(z_rgb)
             else:
                 f_sar = self.mma.single(z_sar)
-        return EncoderOutput(z_rgb, z_sar, e_rgb, e_sar, f_rgb, f_sar, inputs.patch_valid)
+        return EncoderOutput(z_rgb, z_sar, e_rgb, e_sar, f_rgb, f_sar, inputs.patch_valid,
+                             levels_rgb, levels_sar, grid)
 
     def encode(self, optical: jax.Array | None = None, sar: jax.Array | None = None, *,
                valid: jax.Array | None = None, ids_keep: jax.Array | None = None,
-               fuse: bool = True) -> EncoderOutput:
+               fuse: bool = True, layers: Sequence[int] | None = None,
+               present: jax.Array | None = None) -> EncoderOutput:
         """optical: [B, H, W, 3] uint8; sar: [B, H, W, C_sar] dB (either may be None);
-        valid: optional [B, H, W] bool. No masking unless ``ids_keep`` selects patches."""
-        return self.encode_prepared(self.prepare(optical, sar, valid), ids_keep, fuse=fuse)
+        valid: optional [B, H, W] bool. No masking unless ``ids_keep`` selects patches.
+        ``layers`` / ``present``: see ``encode_prepared`` (the backbone API of downstream
+        tasks: multi-level features, per-example modality dropout)."""
+        return self.encode_prepared(self.prepare(optical, sar, valid), ids_keep, fuse=fuse,
+                                    layers=layers, present=present)
 
     __call__ = encode

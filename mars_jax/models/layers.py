@@ -90,7 +90,11 @@ def dense(
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention over ``[batch, tokens, dim]`` (no masking: no padding exists)."""
+    """Multi-head self-attention over ``[batch, tokens, dim]``.
+
+    No padding exists, so no mask by default; ``key_mask`` [batch, tokens] (True: attend)
+    leaves keys out, which is how MMA drops a modality per example (modality dropout).
+    """
 
     def __init__(
         self, dim: int, num_heads: int, *, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -111,10 +115,11 @@ class Attention(nnx.Module):
             bias_init=partitioned(ZEROS, ("embed",)), rngs=rngs,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         qkv = self.qkv(x)  # [B, T, 3, H, Dh]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         return self.out(y)
 
 
@@ -155,9 +160,9 @@ class TransformerBlock(nnx.Module):
         self.ln2 = layer_norm(dim, **kw)
         self.mlp = Mlp(dim, mlp_dim, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         if self.norm == "pre":
-            x = x + self.attn(self.ln1(x))
+            x = x + self.attn(self.ln1(x), key_mask)
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(self.attn(x) + x)
+        x = self.ln1(self.attn(x, key_mask) + x)
         return self.ln2(self.mlp(x) + x)

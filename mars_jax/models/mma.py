@@ -46,13 +46,27 @@ class MetaModalityAttention(nnx.Module):
     def kinds(self) -> tuple[str, ...]:
         return tuple(layer_kind(i) for i in range(self.blocks.depth))
 
-    def __call__(self, z_rgb: jax.Array, z_sar: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """[B, N, D] x 2 -> fused [B, N, D] x 2 (RGB half, SAR half)."""
+    def __call__(self, z_rgb: jax.Array, z_sar: jax.Array, present: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """[B, N, D] x 2 -> fused [B, N, D] x 2 (RGB half, SAR half).
+
+        ``present`` [B, 2] bool (RGB, SAR; at least one per example): a modality absent from
+        an example is left out of its meta layers' keys, so the present one's tokens come out
+        as ``single`` would give them (per-example modality dropout in one batch). The absent
+        half's outputs are meaningless then.
+        """
         if z_rgb.shape != z_sar.shape:
             raise ValueError(
                 f"MMA needs RGB and SAR tokens of one shape, got {z_rgb.shape} and {z_sar.shape}")
-        n = z_rgb.shape[1]
-        t = self.blocks(jnp.concatenate([z_rgb, z_sar], axis=1))  # T = [Z_RGB; Z_SAR]
+        b, n = z_rgb.shape[:2]
+        key_mask = None
+        if present is not None:
+            if tuple(present.shape) != (b, 2):
+                raise ValueError(f"present must be [batch, 2] = {(b, 2)} (RGB, SAR), got "
+                                 f"{tuple(present.shape)}")
+            key_mask = jnp.repeat(present.astype(bool), n, axis=1)  # [B, 2N]
+        t = self.blocks(jnp.concatenate([z_rgb, z_sar], axis=1),  # T = [Z_RGB; Z_SAR]
+                        key_mask=key_mask)
         return t[:, :n], t[:, n:]
 
     def single(self, z: jax.Array) -> jax.Array:

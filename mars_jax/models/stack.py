@@ -68,10 +68,12 @@ def _stack_blocks(blocks: Sequence[nnx.Module]) -> nnx.Module:
 
 
 def _block_fn(scope: str):
-    """``block(x)`` in ``scope`` as a function of (block, x) only, for ``nnx.remat``."""
+    """``block(x)`` in ``scope`` as a function of (block, x, key_mask) only, for
+    ``nnx.remat``."""
 
-    def apply(block: layers.TransformerBlock, x: jax.Array) -> jax.Array:
-        return TransformerStack._apply(block, x, scope)
+    def apply(block: layers.TransformerBlock, x: jax.Array,
+              key_mask: jax.Array | None) -> jax.Array:
+        return TransformerStack._apply(block, x, scope, key_mask)
 
     return apply
 
@@ -117,42 +119,72 @@ class TransformerStack(nnx.Module):
         return len(self.pattern)
 
     @staticmethod
-    def _apply(block: layers.TransformerBlock, x: jax.Array, scope: str) -> jax.Array:
+    def _apply(block: layers.TransformerBlock, x: jax.Array, scope: str,
+               key_mask: jax.Array | None = None) -> jax.Array:
         if scope == "full":
-            return block(x)
+            return block(x, key_mask)
         b, t, d = x.shape
         if t % 2:
             raise ValueError(f"an intra layer needs two halves of tokens, got {t} tokens")
         return block(x.reshape(2 * b, t // 2, d)).reshape(b, t, d)
 
-    def __call__(self, x: jax.Array, *, scope: Scope | None = None) -> jax.Array:
-        """[B, T, D] -> [B, T, D]. ``scope`` (optional) overrides every layer's pattern."""
+    def check_collect(self, collect: Sequence[int]) -> tuple[int, ...]:
+        """Layer indices (0-based, negative from the end) -> sorted, checked, non-negative."""
+        depth = self.depth
+        indices = sorted({i + depth if i < 0 else i for i in collect})
+        bad = [i for i in indices if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"layers {list(collect)} out of range for a stack of {depth}")
+        if self.stacked is not None:
+            inside = [i for i in indices if (i + 1) % self.period]
+            if inside:
+                raise ValueError(f"a scanned stack of period {self.period} yields the output "
+                                 f"of every {self.period}-th layer only, not layers {inside}")
+        return tuple(indices)
+
+    def __call__(self, x: jax.Array, *, scope: Scope | None = None,
+                 key_mask: jax.Array | None = None, collect: Sequence[int] | None = None):
+        """[B, T, D] -> [B, T, D]. ``scope`` (optional) overrides every layer's pattern;
+        ``key_mask`` [B, T] leaves keys out of the "full" layers' attention (intra layers
+        attend within one half, which a caller masking a whole half does not need to mask).
+
+        ``collect``: layer indices whose outputs are also returned, as
+        ``(x, tuple of [B, T, D])``. Scanned, the scan yields every group's output (memory:
+        one activation per group, besides what the backward pass keeps anyway).
+        """
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"attention scope must be in {SCOPES}, got {scope!r}")
+        wanted = None if collect is None else self.check_collect(collect)
         pattern = self.pattern if scope is None else (scope,) * self.depth
         policy = layers.REMAT_POLICIES[self.remat]
         if self.stacked is None:
-            for block, scope in zip(self.layers, pattern, strict=True):
+            hidden = []
+            for index, (block, scope) in enumerate(zip(self.layers, pattern, strict=True)):
                 if self.remat == "none":
-                    x = self._apply(block, x, scope)
+                    x = self._apply(block, x, scope, key_mask)
                 else:  # prevent_cse on (default): a loop, not a scan, so CSE could undo it
-                    x = nnx.remat(_block_fn(scope), policy=policy)(block, x)
-            return x
+                    x = nnx.remat(_block_fn(scope), policy=policy)(block, x, key_mask)
+                if wanted is not None and index in wanted:
+                    hidden.append(x)
+            return x if wanted is None else (x, tuple(hidden))
         scopes = pattern[:self.period]
 
-        def group(x: jax.Array, members: nnx.List) -> jax.Array:
+        def group(x: jax.Array, members: nnx.List, key_mask: jax.Array | None) -> jax.Array:
             for block, scope in zip(members, scopes, strict=True):
-                x = self._apply(block, x, scope)
+                x = self._apply(block, x, scope, key_mask)
             return x
 
         if self.remat != "none":  # inside a scan no CSE can merge the recomputation back
             group = nnx.remat(group, policy=policy, prevent_cse=False)
 
         def body(x: jax.Array, members: nnx.List):
-            return group(x, members), None
+            x = group(x, members, key_mask)
+            return x, (x if wanted is not None else None)
 
-        x, _ = nnx.scan(body)(x, self.stacked)
-        return x
+        x, outputs = nnx.scan(body)(x, self.stacked)
+        if wanted is None:
+            return x
+        return x, tuple(outputs[(i + 1) // self.period - 1] for i in wanted)
 
 
 # ------------------------------------------------------------------------------------------

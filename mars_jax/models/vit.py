@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -74,8 +75,15 @@ class ViTEncoder(nnx.Module):
                                        scan_layers=scan_layers, **kw)
         self.norm = layers.layer_norm(width, **kw)
 
-    def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None) -> jax.Array:
-        """images: [B, H, W, C], already normalised. Returns [B, N_vis, width]."""
+    def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None, *,
+                 collect: Sequence[int] | None = None):
+        """images: [B, H, W, C], already normalised. Returns [B, N_vis, width].
+
+        ``collect``: block indices (0-based, negative from the end) whose outputs are also
+        returned, as ``(out, tuple of [B, N_vis, width])``, each through the final LayerNorm
+        (a residual stream grows with depth; the shared norm keeps levels on one scale for a
+        multi-level head, as BEiT / PANGAEA's ViT wrappers do).
+        """
         grid = check_image("images", images, self.in_channels, self.patch_size)
         patches = patchify(images, self.patch_size)
         pos = jnp.asarray(sincos_2d_position_embedding(*grid, self.width))
@@ -84,4 +92,7 @@ class ViTEncoder(nnx.Module):
             pos = jnp.take(pos, ids_keep, axis=0)
         x = self.patch_embed(patches)
         x = x + pos.astype(x.dtype)
-        return self.norm(self.blocks(x))
+        if collect is None:
+            return self.norm(self.blocks(x))
+        x, hidden = self.blocks(x, collect=collect)
+        return self.norm(x), tuple(self.norm(h) for h in hidden)

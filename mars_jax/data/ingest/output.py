@@ -117,6 +117,10 @@ class Output:
     def _check_writable(self) -> None:
         """Fails before any scene is read when OUT (or where its staging folder goes) is not
         writable."""
+        blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise IngestUsageError(f"--out {self.out}: {blocker} is a file, not a folder: "
+                                   "choose a writable --out")
         folders = [self.staging.parent] + ([self.out] if self.out.is_dir() else [])
         for folder in folders:
             try:

@@ -1,0 +1,155 @@
+"""The downstream tasks of the MaRS paper's dense evaluation: what each reads, predicts and
+is scored by.
+
+A ``Task`` names the example keys its model reads (by role: ``optical``, ``sar``, and for
+bi-temporal tasks ``optical_t2`` / ``sar_t2``), the label key, the head it needs, the loss and
+the metrics. Datasets follow the key names of the data contract (SynthVHR, the real-layout
+loaders in ``mars_jax.data.datasets``, ingested shards), so a task reads any of them.
+
+    task             kind          inputs (role: key)                 label      headline
+    landcover        segmentation  optical, sar                       landcover  miou
+    damage           segmentation  optical (pre), sar: sar_t2 (post)  damage     miou
+    change           change        optical, sar | optical_t2, sar_t2  change     f1 (change)
+    building_height  regression    optical, sar                       height     rmse (buildings)
+    roads            binary        optical, sar                       road       iou (road)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax.data.synth.constants import CLASS_NAMES, DAMAGE_NAMES
+from mars_jax.losses.pixelwise import masked_cross_entropy, masked_regression_loss
+from mars_jax.metrics import (
+    BinaryCounts,
+    ConfusionMatrix,
+    RegressionSums,
+    batch_confusion,
+    batch_counts,
+    batch_sums,
+)
+
+IGNORE_INDEX = 255
+KINDS = ("segmentation", "binary", "change", "regression")
+MODALITIES = ("optical", "sar")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One downstream task (module docstring). ``inputs`` maps a model role to the example
+    key holding it; ``dates`` is 2 for bi-temporal tasks (roles ``*_t2`` for the second)."""
+
+    name: str
+    kind: str
+    label: str
+    inputs: Mapping[str, str]
+    classes: tuple[str, ...] = ()
+    mask: str | None = None  # regression: the key of the pixels scored (None: label > 0)
+    headline: str = "miou"
+    higher_is_better: bool = True
+
+    @property
+    def dates(self) -> int:
+        return 2 if any(role.endswith("_t2") for role in self.inputs) else 1
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.kind == "regression" else (
+            2 if self.kind in ("binary", "change") else len(self.classes))
+
+    @property
+    def head_kind(self) -> str:
+        return {"regression": "regression", "change": "change"}.get(self.kind, "upernet")
+
+    def keys(self, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        """Example keys a batch needs with these modalities."""
+        keys = [key for role, key in self.inputs.items() if role.removesuffix("_t2")
+                in modalities]
+        keys += [self.label, "valid"] + ([self.mask] if self.mask else [])
+        return tuple(dict.fromkeys(keys))
+
+    # -- targets ---------------------------------------------------------------------------
+    def target_mask(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        """Pixels that count: valid data, and for regression the scored pixels."""
+        valid = batch["valid"].astype(bool)
+        if self.kind != "regression":
+            return valid
+        scored = batch[self.mask].astype(bool) if self.mask else batch[self.label] > 0
+        return valid & scored
+
+    def labels(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        label = batch[self.label]
+        return label.astype(jnp.float32) if self.kind == "regression" else label.astype(
+            jnp.int32)
+
+    # -- loss and metrics ------------------------------------------------------------------
+    def loss(self, logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+        mask = self.target_mask(batch)
+        if self.kind == "regression":
+            value, _ = masked_regression_loss(logits[..., 0], self.labels(batch), mask,
+                                              kind="l1")
+        else:
+            value, _ = masked_cross_entropy(logits, self.labels(batch), valid=mask,
+                                            ignore_index=IGNORE_INDEX)
+        return value
+
+    def batch_stats(self, logits: jax.Array, batch: Mapping[str, jax.Array]):
+        """Device-side sufficient statistics of one batch for ``new_metric``."""
+        mask = self.target_mask(batch)
+        if self.kind == "regression":
+            return batch_sums(logits[..., 0].astype(jnp.float32), self.labels(batch), mask)
+        labels = self.labels(batch)
+        pred = jnp.argmax(logits, axis=-1)
+        if self.kind == "segmentation":
+            return batch_confusion(pred, labels, self.num_outputs, valid=mask,
+                                   ignore_index=IGNORE_INDEX)
+        kept = mask & (labels != IGNORE_INDEX)
+        return batch_counts(pred == 1, labels == 1, valid=kept)
+
+    def new_metric(self):
+        """The host accumulator of this task's metrics."""
+        if self.kind == "regression":
+            return RegressionSums()
+        if self.kind == "segmentation":
+            return ConfusionMatrix(self.num_outputs, class_names=self.classes)
+        return BinaryCounts()
+
+    def trivial_prediction(self, labels, mask):
+        """The baseline a model must beat: the majority class, or the mean target."""
+        import numpy as np
+
+        labels, mask = np.asarray(labels), np.asarray(mask, bool)
+        kept = labels[mask & (labels != IGNORE_INDEX)] if self.kind != "regression" else \
+            labels[mask]
+        if self.kind == "regression":
+            return float(kept.mean()) if kept.size else 0.0
+        return int(np.bincount(kept.astype(np.int64)).argmax()) if kept.size else 0
+
+
+def _one_date(label: str, **extra) -> dict:
+    return {"optical": "optical", "sar": "sar"} | extra
+
+
+TASKS: dict[str, Task] = {
+    "landcover": Task("landcover", "segmentation", "landcover", _one_date("landcover"),
+                      classes=CLASS_NAMES, headline="miou"),
+    "damage": Task("damage", "segmentation", "damage", {"optical": "optical", "sar": "sar_t2"},
+                   classes=DAMAGE_NAMES, headline="miou"),
+    "change": Task("change", "change", "change",
+                   {"optical": "optical", "sar": "sar", "optical_t2": "optical_t2",
+                    "sar_t2": "sar_t2"}, classes=("no change", "change"), headline="f1"),
+    "building_height": Task("building_height", "regression", "height", _one_date("height"),
+                            headline="rmse", higher_is_better=False),
+    "roads": Task("roads", "binary", "road", _one_date("road"),
+                  classes=("background", "road"), headline="iou"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks are {sorted(TASKS)}")
+    return TASKS[name]
