@@ -248,6 +248,18 @@ def scan_roles(roles: Sequence[Role]) -> tuple[dict[str, dict[str, Path]], list[
     return found, problems
 
 
+def scan_and_pair(roles: Sequence[Role], ids: Sequence[str] | None = None
+                  ) -> tuple[list[Sample], list[Problem]]:
+    """``scan_roles`` then ``pair`` for the split's ``ids``: duplicates among files of other
+    splits are not this split's problems."""
+    found, duplicates = scan_roles(roles)
+    if ids is not None:
+        listed = set(ids)
+        duplicates = [problem for problem in duplicates if problem.sample in listed]
+    samples, missing = pair(roles, found, ids)
+    return samples, duplicates + missing
+
+
 def read_id_list(path: Path) -> list[str]:
     """Non-empty lines of a split list, stripped (the first column if several)."""
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]

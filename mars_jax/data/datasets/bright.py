@@ -51,10 +51,9 @@ from mars_jax.data.datasets.base import (
     SarOptions,
     label_band,
     map_labels,
-    pair,
     read_id_list,
     sar_example,
-    scan_roles,
+    scan_and_pair,
 )
 
 CLASSES = ("background", "intact", "damaged", "destroyed")
@@ -99,13 +98,7 @@ class Bright(FolderSource):
         self.labelled = (self.root / "target").is_dir()
         if self.labelled:
             roles.append(Role("damage", self.root / "target", suffix="_building_damage"))
-        found, duplicates = scan_roles(roles)
-        ids = self._ids()
-        if ids is not None:  # files of other splits are not this split's problems
-            listed = set(ids)
-            duplicates = [problem for problem in duplicates if problem.sample in listed]
-        samples, missing = pair(roles, found, ids)
-        return samples, duplicates + missing
+        return scan_and_pair(roles, self._ids())
 
     def _load(self, sample: Sample) -> dict[str, np.ndarray]:
         rasters = self._read_all(sample)

@@ -22,7 +22,6 @@ georeferencing) with ``landcover`` remapped.
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 from collections.abc import Mapping
@@ -37,10 +36,9 @@ from mars_jax.data.datasets.base import (
     SampleError,
     map_labels,
 )
+from mars_jax.data.ingest import LABEL_KEY, SUMMARY_FILE, read_ingest_summary
 from mars_jax.data.records import ShardSource, list_shards
 
-LABEL_KEY = "landcover"
-SUMMARY_FILE = "ingest_summary.json"
 TERRAMESH_LULC_CLASSES = ("water", "trees", "flooded vegetation", "crops", "built area",
                           "bare ground", "snow/ice", "clouds", "rangeland")
 TERRAMESH_LULC = {0: IGNORE, **{value: value - 1
@@ -78,13 +76,14 @@ class IngestedLabels:
         self._check_label_key()
 
     def _check_label_key(self) -> None:
-        summary = self.root / SUMMARY_FILE
-        if summary.is_file():
-            labels = json.loads(summary.read_text()).get("labels")
+        summary = read_ingest_summary(self.root)
+        if summary is not None:
+            labels = summary.get("labels")
             if labels != LABEL_KEY:
                 raise DatasetError(self.name, self.root, [Problem(
-                    summary, "no_labels", f"the shards were ingested without labels "
-                    f"(\"labels\": {labels!r}), so no tile has {LABEL_KEY!r}")],
+                    self.root / SUMMARY_FILE, "no_labels",
+                    f"the shards were ingested without labels (\"labels\": {labels!r}), so no "
+                    f"tile has {LABEL_KEY!r}")],
                     hint="Re-run the ingest with --labels LABELS_DIR.")
             return
         first = self.source[0]

@@ -43,9 +43,8 @@ from mars_jax.data.datasets.base import (
     Sample,
     label_band,
     map_labels,
-    pair,
     read_id_list,
-    scan_roles,
+    scan_and_pair,
     to_optical,
 )
 
@@ -81,12 +80,7 @@ class WhuCd(FolderSource):
         self.labelled = (folder / "label").is_dir()
         if self.labelled:
             roles.append(Role("change", folder / "label"))
-        found, duplicates = scan_roles(roles)
-        if ids is not None:  # files of other splits are not this split's problems
-            listed = set(ids)
-            duplicates = [problem for problem in duplicates if problem.sample in listed]
-        samples, missing = pair(roles, found, ids)
-        return samples, duplicates + missing
+        return scan_and_pair(roles, ids)
 
     def _load(self, sample: Sample) -> dict[str, np.ndarray]:
         rasters = self._read_all(sample)

@@ -273,8 +273,7 @@ def _resumed_state(lines: list[dict[str, Any]], staging: Path) -> Resumed:
     records = [SceneRecord.from_json(r) for entry in entries for r in entry["records"]]
     if last is None:
         return Resumed([], {}, SarStatistics(), [], 0, 0, 0.0)
-    stats = SarStatistics.from_json(last["sar_stats"]) if last["sar_stats"]["pixels"] else \
-        SarStatistics()
+    stats = SarStatistics.from_json(last["sar_stats"])
     log.info("--resume: %d shard(s) kept, continuing at scene %d (%d of its tiles written)",
              len(kept), last["scene"], last["written_in_scene"])
     return Resumed(records, last["keys"], stats, kept, last["scene"],

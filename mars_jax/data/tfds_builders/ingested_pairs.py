@@ -13,7 +13,6 @@ SAR channel count or label set works. Tiles are split by scene: a scene's id has
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mars_jax.data.ingest import SUMMARY_FILE
+from mars_jax.data.ingest import SUMMARY_FILE, read_ingest_summary
 from mars_jax.data.records import ShardSource
 from mars_jax.data.tfds_builders.features import dense
 
@@ -36,10 +35,10 @@ class IngestedPairsConfig(tfds.core.BuilderConfig):
 
 def read_summary(ingest_dir: str | Path) -> dict[str, Any]:
     path = Path(ingest_dir) / SUMMARY_FILE
-    if not path.is_file():
+    summary = read_ingest_summary(ingest_dir)
+    if summary is None:
         raise FileNotFoundError(f"{path} not found: is {ingest_dir} the --out folder of "
                                 "python -m mars_jax.data.ingest?")
-    summary = json.loads(path.read_text())
     if summary.get("num_examples", 0) < 1:
         raise ValueError(f"{path}: the ingest wrote no tiles")
     return summary
