@@ -2,27 +2,38 @@ r"""mars_jax entry point.
 
   python -m mars_jax.main --config=configs/pretrain.py:tiny --workdir=/tmp/mars_tiny
   python -m mars_jax.main --config=configs/pretrain.py:base --mode=summary
+  python -m mars_jax.main --mode=finetune --config=configs/finetune.py:landcover,tiny \
+      --workdir=/tmp/ft --config.init.checkpoint=/tmp/mars_tiny
+  python -m mars_jax.main --mode=eval --config=configs/finetune.py:landcover,tiny \
+      --workdir=/tmp/ft --config.eval.modalities=sar
 
 Modes: ``pretrain`` (train or resume in --workdir), ``summary`` (config, parameter table,
 FLOPs per step and memory estimate, without training), ``forward`` (one forward pass on random
-inputs, printing every loss term). Any config field can be overridden: --config.total_steps=100.
+inputs, printing every loss term), ``finetune`` (a task config: fine-tune or resume in
+--workdir, evaluate, write W/results.json), ``eval`` (score W's newest fine-tuned checkpoint
+with the config's eval section, write W/eval_results.json). Any config field can be
+overridden: --config.total_steps=100.
 
 Multi-process: pass --coordinator_address/--num_processes/--process_id, or set
 MARS_DISTRIBUTED=1 to let ``jax.distributed.initialize()`` read the cluster environment
 (SLURM, TPU pods, ...).
 """
 
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mars_jax.config_files import load_config
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/pretrain.py:tiny.", lock_config=True)
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "summary", "forward"], "What to run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and images (pretrain).")
+MODES = ["pretrain", "summary", "forward", "finetune", "eval"]
+TASK_MODES = ("finetune", "eval")
+_MODE = flags.DEFINE_enum("mode", "pretrain", MODES, "What to run.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Checkpoints, metrics and images (pretrain, finetune, eval).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
@@ -40,17 +51,6 @@ def _initialize_distributed() -> None:
                                    process_id=_PROCESS_ID.value)
     elif os.environ.get("MARS_DISTRIBUTED") == "1":
         jax.distributed.initialize()
-
-
-def load_config(spec: str):
-    """``path.py[:arg]`` -> ``get_config(arg)`` of that file (as ``--config`` loads it)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_mars_config", path)
-    if module_spec is None or not os.path.isfile(path):
-        raise SystemExit(f"--config: no config file {path!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def check_config_overrides(argv: list[str]) -> str | None:
@@ -86,8 +86,13 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, grain) off by default
         logging.set_verbosity(logging.WARNING)
-    if _MODE.value == "pretrain" and not _WORKDIR.value:
-        raise app.UsageError("--workdir is required for --mode=pretrain")
+    if _MODE.value in ("pretrain", *TASK_MODES) and not _WORKDIR.value:
+        raise app.UsageError(f"--workdir is required for --mode={_MODE.value}")
+    is_task_config = "task" in config
+    if (_MODE.value in TASK_MODES) != is_task_config:
+        wanted = "configs/finetune.py:TASK,SIZE" if _MODE.value in TASK_MODES else \
+            "configs/pretrain.py:VARIANT"
+        raise app.UsageError(f"--mode={_MODE.value} takes a config like {wanted}")
     _initialize_distributed()  # JAX starts here, after flags are parsed
     from mars_jax.typed_config import ConfigError
 
@@ -97,12 +102,16 @@ def main(argv: list[str]) -> None:
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except (OSError, ValueError, RuntimeError) as error:
-        # Checkpoints that cannot be written, restored or converted: one message, exit 1.
+        # Checkpoints that cannot be written, restored or converted, a missing init
+        # checkpoint, bad dataset files or examples: one message naming it, exit 1.
+        from mars_jax.data.datasets import DatasetError
+        from mars_jax.tasks import ExampleError
         from mars_jax.train.checkpoint import CheckpointLayoutError, CheckpointSaveError
         from mars_jax.train.loop import CheckpointRestoreError
 
         if not isinstance(error, CheckpointSaveError | CheckpointLayoutError
-                          | CheckpointRestoreError):
+                          | CheckpointRestoreError | FileNotFoundError | DatasetError
+                          | ExampleError):
             raise
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -118,6 +127,14 @@ def run(config) -> None:
         from mars_jax.train.summary import print_summary
 
         print_summary(config)
+    elif _MODE.value == "finetune":
+        from mars_jax.train.finetune import finetune
+
+        finetune(config, _WORKDIR.value)
+    elif _MODE.value == "eval":
+        from mars_jax.train.finetune import evaluate_checkpoint
+
+        evaluate_checkpoint(config, _WORKDIR.value)
     else:
         from mars_jax.train.pretrain import train
 

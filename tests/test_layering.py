@@ -6,7 +6,7 @@ sits: module level, inside functions, under ``if TYPE_CHECKING``, relative or ab
 
 Layers, top to bottom (a layer may import only the layers above it):
 
-  typed_config, parallel -> data -> models -> losses -> metrics -> tasks
+  typed_config, parallel, config_files -> data -> models -> losses -> metrics -> tasks
   -> train, inference, export -> main
 
 and, stricter than the order: models and losses know nothing of data or training, data knows
@@ -25,7 +25,7 @@ SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Top-level parts of the package, in layer order; parts on one line are siblings.
 LAYER_ORDER = (
-    ("typed_config", "parallel"),
+    ("typed_config", "parallel", "config_files"),
     ("data",),
     ("models",),
     ("losses",),
@@ -35,7 +35,7 @@ LAYER_ORDER = (
     ("main",),
 )
 LEVEL = {part: i for i, parts in enumerate(LAYER_ORDER) for part in parts}
-FOUNDATION = {"typed_config", "parallel"}
+FOUNDATION = {"typed_config", "parallel", "config_files"}
 
 
 def module_name(path: Path) -> str:

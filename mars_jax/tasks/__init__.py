@@ -6,6 +6,6 @@ Tasks compose models, losses and metrics; the fine-tuning loop (train/) composes
 data (docs/architecture.md).
 """
 
-from mars_jax.tasks.registry import IGNORE_INDEX, TASKS, Task, get_task
+from mars_jax.tasks.registry import IGNORE_INDEX, TASKS, ExampleError, Task, get_task
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Task", "get_task"]
+__all__ = ["IGNORE_INDEX", "TASKS", "ExampleError", "Task", "get_task"]

@@ -43,6 +43,9 @@ class TaskModel(nnx.Module):
         dims = (model.encoder.width,) * (len(self.levels) + 1)
         self.head = build_head(kind, dims, task.num_outputs, dtype=jnp.dtype(model.dtype),
                                param_dtype=jnp.dtype(model.param_dtype), rngs=rngs)
+        for _, module in nnx.iter_modules(self.head):  # no RNG state: keys come per call
+            if isinstance(module, nnx.Dropout):
+                module.rngs = nnx.data(None)
 
     def backbone(self, optical: jax.Array | None, sar: jax.Array | None, *,
                  valid: jax.Array | None = None, present: jax.Array | None = None) -> dict:
@@ -69,9 +72,11 @@ class TaskModel(nnx.Module):
         return {"features": tuple(features), "stride": self.patch_size}
 
     def __call__(self, inputs: Mapping[str, jax.Array | None], *,
-                 present: jax.Array | None = None) -> jax.Array:
+                 present: jax.Array | None = None, rngs: nnx.Rngs | None = None) -> jax.Array:
         """inputs: role -> array (``optical``, ``sar``, ``valid``, and ``*_t2`` for the second
-        date; a missing modality absent or None). Returns [B, H, W, K] float32 logits."""
+        date; a missing modality absent or None). ``rngs``: the head's dropout stream, needed in
+        train mode (the model keeps no RNG state, so its state is plain arrays to checkpoint
+        and shard). Returns [B, H, W, K] float32 logits."""
         first = inputs.get("optical")
         first = first if first is not None else inputs["sar"]
         image_size = tuple(first.shape[1:3])
@@ -79,10 +84,10 @@ class TaskModel(nnx.Module):
         out = self.backbone(inputs.get("optical"), inputs.get("sar"), valid=valid,
                             present=present)
         if self.task.dates == 1:
-            return self.head(out, image_size=image_size)
+            return self.head(out, image_size=image_size, rngs=rngs)
         out_t2 = self.backbone(inputs.get("optical_t2"), inputs.get("sar_t2"), valid=valid,
                                present=present)
-        return self.head(out, out_t2, image_size=image_size)
+        return self.head(out, out_t2, image_size=image_size, rngs=rngs)
 
 
 def _modality_weights(z_rgb, z_sar, present) -> tuple:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,10 @@ from mars_jax.metrics import (
 IGNORE_INDEX = 255
 KINDS = ("segmentation", "binary", "change", "regression")
 MODALITIES = ("optical", "sar")
+
+
+class ExampleError(ValueError):
+    """An example cannot feed a task: a key missing, shapes that differ, a bad label."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,44 @@ class Task:
         keys += [self.label, "valid"] + ([self.mask] if self.mask else [])
         return tuple(dict.fromkeys(keys))
 
+    def model_inputs(self, batch: Mapping[str, jax.Array], modalities: tuple[str, ...]
+                     ) -> dict[str, jax.Array]:
+        """Role -> array of ``TaskModel``'s input for these modalities (and ``valid``)."""
+        roles = {role: batch[key] for role, key in self.inputs.items()
+                 if role.removesuffix("_t2") in modalities}
+        return roles | {"valid": batch["valid"]}
+
+    def check_example(self, example: Mapping[str, Any], modalities: tuple[str, ...],
+                      where: str = "example") -> None:
+        """Raises naming the key, shape and dtype when ``example`` (one unbatched example)
+        cannot feed this task with these modalities."""
+        import numpy as np
+
+        missing = [key for key in self.keys(modalities) if key not in example]
+        if missing:
+            hint = ("; train on the modalities the data has with --config.task.modalities="
+                    "optical" if any(self.inputs.get(r) in missing for r in ("sar", "sar_t2"))
+                    else "")
+            raise ExampleError(f"{where} lacks {missing} for task {self.name!r} with modalities "
+                           f"{list(modalities)}; it has {sorted(example)}{hint}")
+        label = np.asarray(example[self.label])
+        height, width = label.shape[:2] if label.ndim >= 2 else (None, None)
+        for key in self.keys(modalities):
+            value = np.asarray(example[key])
+            if value.ndim < 2 or value.shape[:2] != (height, width):
+                raise ExampleError(f"{where}: {key!r} has shape {value.shape}, the label "
+                                 f"{self.label!r} {label.shape}: they must share [H, W]")
+        if self.kind != "regression" and not (np.issubdtype(label.dtype, np.integer)
+                                              or label.dtype == bool):
+            raise ExampleError(f"{where}: label {self.label!r} must hold integer class ids, "
+                             f"got {label.dtype}")
+        if self.kind == "segmentation":
+            kept = label[label != IGNORE_INDEX]
+            if kept.size and int(kept.max()) >= self.num_outputs:
+                raise ExampleError(f"{where}: label {self.label!r} holds class {int(kept.max())}"
+                                 f" but task {self.name!r} has {self.num_outputs} classes "
+                                 f"{list(self.classes)}")
+
     # -- targets ---------------------------------------------------------------------------
     def target_mask(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Pixels that count: valid data, and for regression the scored pixels."""
@@ -87,14 +130,17 @@ class Task:
             jnp.int32)
 
     # -- loss and metrics ------------------------------------------------------------------
-    def loss(self, logits: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+    def loss(self, logits: jax.Array, batch: Mapping[str, jax.Array], *,
+             class_weights: jax.Array | None = None) -> jax.Array:
+        """Masked L1 (regression) or cross-entropy, optionally class-weighted ([K])."""
         mask = self.target_mask(batch)
         if self.kind == "regression":
             value, _ = masked_regression_loss(logits[..., 0], self.labels(batch), mask,
                                               kind="l1")
         else:
             value, _ = masked_cross_entropy(logits, self.labels(batch), valid=mask,
-                                            ignore_index=IGNORE_INDEX)
+                                            ignore_index=IGNORE_INDEX,
+                                            class_weights=class_weights)
         return value
 
     def batch_stats(self, logits: jax.Array, batch: Mapping[str, jax.Array]):

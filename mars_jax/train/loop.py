@@ -178,6 +178,10 @@ class Reporter:
         self.last = last
         return last
 
+    def write_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Scalars outside the interval means (evaluation results) at ``step``."""
+        self._write(self.logger.write_scalars if self.logger else None, step, values)
+
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
         self._write(self.logger.write_images if self.logger else None, step, images)
 

@@ -85,13 +85,9 @@ class Plan:
 # ------------------------------------------------------------------------------------------
 # Config checks: every mistake we can see before compiling gets a message naming it.
 # ------------------------------------------------------------------------------------------
-def make_plan(config: ml_collections.ConfigDict, devices=None) -> Plan:
-    exp = Experiment.from_config(config)
-    mesh = parallel.create_mesh(exp.mesh.sizes(), devices)
-    size, batch, accum = exp.input.image_size, exp.input.batch_size, exp.optim.grad_accum_steps
-    if size % exp.model.patch_size:
-        raise ValueError(f"config.input.image_size {size} is not divisible by the patch size "
-                         f"{exp.model.patch_size}")
+def check_batch_layout(batch: int, accum: int, mesh: jax.sharding.Mesh) -> None:
+    """The global batch cuts into ``accum`` micro-batches spread over every data-parallel
+    device, and into equal process shares."""
     data_parallel = parallel.data_parallel_size(mesh)
     if batch % accum or (batch // accum) % data_parallel:
         raise ValueError(
@@ -101,6 +97,16 @@ def make_plan(config: ml_collections.ConfigDict, devices=None) -> Plan:
     if batch % jax.process_count():
         raise ValueError(f"global batch {batch} does not divide across "
                          f"{jax.process_count()} processes")
+
+
+def make_plan(config: ml_collections.ConfigDict, devices=None) -> Plan:
+    exp = Experiment.from_config(config)
+    mesh = parallel.create_mesh(exp.mesh.sizes(), devices)
+    size, batch, accum = exp.input.image_size, exp.input.batch_size, exp.optim.grad_accum_steps
+    if size % exp.model.patch_size:
+        raise ValueError(f"config.input.image_size {size} is not divisible by the patch size "
+                         f"{exp.model.patch_size}")
+    check_batch_layout(batch, accum, mesh)
     if exp.data.source == "synth" and exp.data.synth_size < size:
         raise ValueError(f"config.data.synth_size {exp.data.synth_size} is smaller than "
                          f"the crop config.input.image_size {size}")
@@ -349,7 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
                     reporter.add(check_finite(*pending, checkpointer.latest_step()))
                 pending = (step, metrics)
 
-                save = itstime(step, exp.checkpoint.every_steps, total)
+                save = itstime(step, exp.checkpoint.every_steps, total) or step == total
                 stopping = preemption.reached(step)
                 if itstime(step, exp.log.every_steps) or save or stopping:
                     # A saved state's step is checked first, so no bad state is saved.

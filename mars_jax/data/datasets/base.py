@@ -390,9 +390,9 @@ class FolderSource:
     """A random-access source over one split of a dataset folder (module docstring).
 
     Subclasses set ``name``, ``task``, ``keys`` (the keys of a labelled example, besides
-    ``id``), ``splits`` and ``layout``, and implement ``_find`` (pairing; it sets
-    ``self.labelled``) and ``_load`` (one sample's arrays); ``_check_sample`` adds checks of
-    a sample's headers.
+    ``id``), ``splits``, ``layout`` and, for class labels, ``classes``, and implement
+    ``_find`` (pairing; it sets ``self.labelled``) and ``_load`` (one sample's arrays);
+    ``_check_sample`` adds checks of a sample's headers.
     """
 
     name: ClassVar[str] = ""
@@ -400,6 +400,7 @@ class FolderSource:
     keys: ClassVar[tuple[str, ...]] = ()
     splits: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[str] = ""
+    classes: ClassVar[tuple[str, ...]] = ()  # class names of a segmentation label, by id
 
     def __init__(self, root: str | os.PathLike, split: str, *, skip_bad: bool = False,
                  scan: str = "header"):

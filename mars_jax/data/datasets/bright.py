@@ -65,6 +65,7 @@ class Bright(FolderSource):
     """BRIGHT building damage (module docstring)."""
 
     name = "bright"
+    classes = CLASSES
     task = "damage"
     keys = ("optical", "sar_t2", "valid", "damage")
     layout = ("ROOT/pre-event/<id>_pre_disaster.tif, ROOT/post-event/<id>_post_disaster.tif, "

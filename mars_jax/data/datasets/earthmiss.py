@@ -69,6 +69,7 @@ class EarthMiss(FolderSource):
     """EarthMiss land cover (module docstring)."""
 
     name = "earthmiss"
+    classes = CLASSES
     task = "landcover"
     keys = ("optical", "sar", "valid", "landcover")
     splits = (*CITIES, "all")
