@@ -39,6 +39,9 @@ setup(
         "tqdm>=4.60",  # progress bars
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "portpicker>=1.5",  # free ports for local multi-process runs
+        "opencv-python-headless>=4.8",  # registration: RANSAC affine / homography fits, warps
+        "dm-pix>=0.4",  # translation: PSNR and SSIM in JAX
+        "faster-coco-eval>=1.6",  # detection: COCO mAP
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3"],

@@ -1,20 +1,31 @@
 r"""Fine-tuning configs: ``--config=configs/finetune.py:TASK,SIZE[,PROTOCOL]``.
 
-  TASK      landcover, damage, change, building_height, roads (mars_jax.tasks.TASKS)
+  TASK      landcover, damage, change, building_height, roads, translation, registration,
+            sar_detection, building_detection (mars_jax.tasks.TASKS)
   SIZE      tiny, small, base, large: the encoder of configs/pretrain.py's variant of that
             name (a pretraining checkpoint of that variant loads into it)
   PROTOCOL  full (default: everything trains, layer-wise lr decay), frozen (PANGAEA: frozen
             encoder + UPerNet, AdamW 1e-4, weight decay 0.05, rate / 10 at 60% and 90%),
-            linear (a linear probe of the fused tokens on the frozen encoder)
+            linear (a linear probe of the fused tokens on the frozen encoder; not for
+            change, nor translation: a 1x1 probe cannot decode an image, nor registration,
+            nor the detection tasks: a probe has no box branches)
 
   python -m mars_jax.main --mode=finetune --config=configs/finetune.py:landcover,tiny \
       --workdir=/tmp/ft --config.init.checkpoint=/tmp/mars_tiny
 
 ``init.checkpoint`` empty: random initialisation. Land cover follows the missing-modality
 protocol: trained with both modalities (a third of the examples lose one, modality dropout),
-evaluated with both, optical only and SAR only. ``tiny`` runs on a laptop CPU in about a
-minute; its learning rates are 10x the larger sizes' (a few hundred steps from a 2-layer
-encoder), the frozen protocol's included.
+evaluated with both, optical only and SAR only. Translation (SAR -> optical) trains and is
+scored with SAR alone (``task.modalities`` and ``eval.modalities`` ``("sar",)``): a sigmoid
+UPerNet predicts the optical image in [0, 1], trained with L1 (plus ``task.ssim_weight *
+(1 - SSIM)`` when > 0), scored by PSNR, SSIM and L1 against a constant image of the training
+mean colour. Detection (CenterNet boxes, ``tasks.detection``): ``sar_detection`` finds
+SynthVHR's small objects (vehicles, ships) in SAR alone (``task.modalities`` and
+``eval.modalities`` ``("sar",)``), ``building_detection`` buildings in optical + SAR; both are
+scored by COCO box mAP (``map``, ``ap50``, ...) on whole held-out scenes (sliding windows,
+merged with NMS) against no box at all. ``tiny`` runs on a laptop CPU in about a minute;
+its learning rates are 10x the larger sizes' (a few hundred steps from a 2-layer encoder), the
+frozen protocol's included.
 """
 
 import dataclasses
@@ -35,7 +46,9 @@ def _load_pretrain():
 
 pretrain = _load_pretrain()
 
-TASK_NAMES = ("landcover", "damage", "change", "building_height", "roads")
+TASK_NAMES = ("landcover", "damage", "change", "building_height", "roads", "translation",
+              "registration", "sar_detection", "building_detection")
+SAR_ONLY = ("translation", "sar_detection")  # tasks that read SAR alone
 PROTOCOLS = ("full", "frozen", "linear")
 
 
@@ -115,25 +128,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task.name = task
     config.task.protocol = protocol
     config.task.label_fraction = 1.0  # < 1: a fixed seeded subset of the labelled examples
-    config.task.modalities = ("optical", "sar")  # one only for optical-only datasets
+    # one only for optical-only datasets; translation reads SAR alone
+    config.task.modalities = ("sar",) if task in SAR_ONLY else ("optical", "sar")
     config.task.modality_dropout = 0.3 if task == "landcover" else 0.0
     config.task.levels = ()  # encoder blocks for the head; (): spread over the depth
     # "median_frequency": class-weighted cross-entropy, for the rare classes of damage
     # (damaged buildings), change (changed pixels) and roads
     config.task.class_weighting = "median_frequency" if task in ("damage", "change",
                                                                  "roads") else "none"
+    config.task.ssim_weight = 0.0  # translation: the loss adds ssim_weight * (1 - SSIM)
 
     # Fields of mars_jax.models.heads.HeadConfig; the task sets the kind (UPerNet,
-    # regression, change) unless the protocol is a linear probe.
+    # regression, change, descriptor, centernet) unless the protocol is a linear probe.
+    # Detection's CenterNet head uses channels (FPN and branch width), norm_groups and neck
+    # (no dropout, no pool_scales).
     config.head = ml_collections.ConfigDict()
     config.head.kind = "linear" if protocol == "linear" else "upernet"
     config.head.channels = s.head_channels
     config.head.pool_scales = (1, 2, 3, 6)
-    config.head.dropout = 0.1
+    config.head.dropout = 0.0 if task == "registration" else 0.1  # descriptors: no noise
     config.head.norm_groups = s.norm_groups
     config.head.neck = "vit"
     config.head.levels = (-1,)  # linear probe: the fused MMA tokens
-    config.head.activation = "softplus" if task == "building_height" else None
+    config.head.activation = {"building_height": "softplus",
+                              "translation": "sigmoid"}.get(task)
     config.head.fusion = "diff_concat"
     config.head.symmetric = False
 
@@ -158,8 +176,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.batch_size = s.batch_size
 
     # "synth" renders labelled SynthVHR scenes (nothing to prepare), "dataset" reads a
-    # real-layout folder (data.dataset in earthmiss, bright, dfc23_t2, whu_cd, deepglobe_roads;
-    # data.root), "shards" ingested shards with a label raster, "tfds" a prepared dataset.
+    # real-layout folder (data.dataset in earthmiss, bright, dfc23_t2, whu_cd, deepglobe_roads,
+    # coco for the detection tasks; data.root), "shards" ingested shards with a label
+    # raster, "tfds" a prepared dataset.
     config.data = ml_collections.ConfigDict()
     config.data.source = "synth"
     config.data.synth_size = s.synth_size
@@ -176,7 +195,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.workers = 0
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.modalities = ("both", "optical", "sar") if task == "landcover" else ("both",)
+    config.eval.modalities = {"landcover": ("both", "optical", "sar"), "translation": ("sar",),
+                              "sar_detection": ("sar",)}.get(task, ("both",))
     config.eval.every_steps = 0  # and at the end
     config.eval.scenes = s.eval_scenes  # 0: the whole split (datasets)
     config.eval.synth_size = s.eval_size  # held-out scenes, larger than the crop

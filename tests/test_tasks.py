@@ -47,7 +47,8 @@ def test_unknown_task_is_named():
         get_task("lancover")
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(  # their own files: test_registration,
+    set(TASKS) - {"registration", "sar_detection", "building_detection"}))  # _detection_task
 def test_every_task_runs_trains_and_scores(name, examples):
     task = get_task(name)
     model = TaskModel(model_config(), task, HeadConfig(channels=16, norm_groups=4),
@@ -75,7 +76,10 @@ def test_every_task_runs_trains_and_scores(name, examples):
     results = metric.compute()
     assert task.headline in results
     baseline = task.trivial_prediction(batch[task.label], task.target_mask(batch))
-    assert isinstance(baseline, int | float)
+    if task.kind == "translation":  # the mean colour
+        assert len(baseline) == 3 and all(0 <= v <= 1 for v in baseline)
+    else:
+        assert isinstance(baseline, int | float)
 
 
 @pytest.fixture(scope="module")

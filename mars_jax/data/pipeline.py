@@ -41,7 +41,8 @@ class PairedAugment(grain.transforms.RandomMap):
     """One random square crop, flip and 90-degree rotation, applied to every spatial array,
     and the same pixel transform applied to the geometric labels.
 
-    Spatial arrays are those whose first two axes equal the optical image's (H, W): both
+    Spatial arrays are those whose first two axes equal the optical image's (H, W) (without
+    one, e.g. a SAR-only task's examples, the SAR image's, else ``valid``'s): both
     modalities and any dense label (``sar_warped``, ``instances``, ...) move together, so patch
     j still covers the same ground. Geometric labels follow (see ``grid_transform``):
 
@@ -63,7 +64,8 @@ class PairedAugment(grain.transforms.RandomMap):
     rotations: bool = True
 
     def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        h, w = np.shape(example["optical"])[:2]
+        h, w = np.shape(example[next((k for k in _REFERENCE_KEYS if k in example),
+                                     "optical")])[:2]
         crop_h, crop_w = (h, w) if self.crop_size is None else (self.crop_size, self.crop_size)
         if crop_h > h or crop_w > w:
             raise ValueError(f"crop_size {self.crop_size} exceeds the example size {h}x{w}")
@@ -95,6 +97,7 @@ class PairedAugment(grain.transforms.RandomMap):
 
 
 _AZIMUTHS = ("sun_azimuth", "look_azimuth")
+_REFERENCE_KEYS = ("optical", "sar", "valid")  # the grid: the first of these present
 
 
 def grid_transform(top: int, left: int, crop_hw: tuple[int, int], flip: bool, turns: int
@@ -216,7 +219,7 @@ def make_pipeline(
     crop_size: int | None = None, flips: bool = True, rotations: bool = True,
     shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
     process_count: int = 1, worker_count: int = 0, worker_buffer_size: int = 2,
-    read_threads: int = 16, check_contract: bool = True,
+    read_threads: int = 16, check_contract: bool = True, map_fn: Any = None,
 ) -> grain.IterDataset:
     """The training input pipeline for this process.
 
@@ -225,7 +228,9 @@ def make_pipeline(
     global batches; each process reads and decodes only its own rows of each batch. Batches
     therefore depend neither on ``process_count`` nor on ``worker_count``. Incomplete global
     batches at the end of the stream are dropped. ``read_threads`` threads per process (or
-    worker) read and transform elements ahead of use.
+    worker) read and transform elements ahead of use. ``map_fn`` (example dict -> example
+    dict, e.g. a task's ``prepare``), when given, maps each example after the augmentation,
+    before batching.
     """
     batch_size = per_process_batch_size(global_batch_size, process_count)
     if not 0 <= process_index < process_count:
@@ -242,6 +247,8 @@ def make_pipeline(
         ds = ds.map(CheckPretraining())
     if crop_size is not None or flips or rotations:
         ds = ds.random_map(PairedAugment(crop_size, flips, rotations))
+    if map_fn is not None:
+        ds = ds.map(map_fn)
     ds = ProcessRows(ds, global_batch_size, process_index, process_count)
     ds = ds.batch(batch_size, drop_remainder=True)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads))

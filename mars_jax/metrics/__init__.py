@@ -10,6 +10,8 @@ as plain ints, floats and lists (``state_dict`` / ``from_state_dict``, JSON-read
                                                                  iou, precision, recall, f1
     binary         batch_counts    -> [4]       BinaryCounts     precision, recall, f1, iou, oa
     regression     batch_sums      -> dict      RegressionSums   mae, rmse, delta1-3, count
+    image quality  batch_image_sums -> dict     ImageQualitySums  psnr, ssim (dm-pix's, means
+                   (translation)                                  over images), l1, count
     streaming      MetricSet: named accumulators, one update, prefixed compute
 
 Formulas and the rules for undefined values (0 / 0 -> NaN, left out of class means) are in
@@ -17,6 +19,7 @@ each module's docstring. Metrics know nothing of data, models or training (docs/
 """
 
 from mars_jax.metrics.binary import BinaryCounts, batch_counts
+from mars_jax.metrics.image_quality import ImageQualitySums, batch_image_sums
 from mars_jax.metrics.regression import DELTA_THRESHOLDS, RegressionSums, batch_sums
 from mars_jax.metrics.segmentation import ConfusionMatrix, batch_confusion
 from mars_jax.metrics.streaming import MetricSet, accumulator_from_state_dict
@@ -25,10 +28,12 @@ __all__ = [
     "DELTA_THRESHOLDS",
     "BinaryCounts",
     "ConfusionMatrix",
+    "ImageQualitySums",
     "MetricSet",
     "RegressionSums",
     "accumulator_from_state_dict",
     "batch_confusion",
     "batch_counts",
+    "batch_image_sums",
     "batch_sums",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from mars_jax.metrics.binary import BinaryCounts
+from mars_jax.metrics.image_quality import ImageQualitySums
 from mars_jax.metrics.regression import RegressionSums
 from mars_jax.metrics.segmentation import ConfusionMatrix
 
@@ -27,7 +28,8 @@ class Accumulator(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
-ACCUMULATORS = {cls.kind: cls for cls in (ConfusionMatrix, BinaryCounts, RegressionSums)}
+ACCUMULATORS = {cls.kind: cls for cls in (ConfusionMatrix, BinaryCounts, RegressionSums,
+                                            ImageQualitySums)}
 
 
 def accumulator_from_state_dict(state: Mapping[str, Any]) -> Accumulator:

@@ -17,7 +17,8 @@ plugs in unchanged, and returns float32 logits ``[B, H, W, K]`` at the input res
                  the 4 ViT levels at stride P become a pyramid at strides P/4, P/2, P, 2P,
                  then a pyramid pooling module (PPM) on the deepest level and an FPN fuse
                  them at the finest level.
-  RegressionHead UPerNet with K = 1 (building height) and an optional output activation.
+  RegressionHead UPerNet with K = 1 (building height) or 3 (translation's RGB) and an
+                 optional output activation (softplus, relu, sigmoid).
   ChangeHead     bi-temporal change: the caller runs one shared backbone on both dates, the
                  head fuses the two feature dicts level by level, then runs a UPerNet.
                  K = 2 by default (no change / change), so segmentation losses and metrics
@@ -70,7 +71,7 @@ CLASSIFIER_INIT = nnx.initializers.normal(0.01)
 FEATURE_AXIS = "embed"  # channels of the backbone's features
 CHANNEL_AXIS = "mlp"  # channels of the decoder
 FUSIONS = ("diff_concat", "diff", "concat")
-ACTIVATIONS = (None, "softplus", "relu")
+ACTIVATIONS = (None, "softplus", "relu", "sigmoid")
 NECKS = ("vit", None)
 
 
@@ -430,26 +431,45 @@ class UPerNetHead(nnx.Module):
 
 
 class RegressionHead(UPerNetHead):
-    """UPerNet regressing ``num_outputs`` (1: building height) values per pixel, with an
-    optional output activation applied at full resolution: None (any real value),
-    "softplus" or "relu" (non-negative, e.g. heights)."""
+    """UPerNet regressing ``num_outputs`` values per pixel (1: building height; 3: the RGB of
+    SAR-to-optical translation), with an optional output activation applied at full
+    resolution: None (any real value), "softplus" or "relu" (non-negative, e.g. heights),
+    "sigmoid" (in (0, 1), e.g. image intensities)."""
 
     def __init__(self, level_dims: Sequence[int], num_outputs: int = 1, *,
-                 activation: Literal["softplus", "relu"] | None = None, **kwargs):
+                 activation: Literal["softplus", "relu", "sigmoid"] | None = None, **kwargs):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         super().__init__(level_dims, num_outputs, **kwargs)
         self.activation = activation
 
-    def start_at(self, value: float) -> None:
+    def start_at(self, value: float | Sequence[float]) -> None:
         """Sets the classifier's bias so that the head starts out predicting about ``value``
         (its 1x1 kernel is drawn at std 0.01): a regression trained with L1 from 0 moves its
         output by about one learning rate per step, so metres-scale targets would take
-        thousands of steps to reach; starting at the training mean starts at the baseline."""
-        if self.activation in ("softplus", "relu") and value <= 0:
-            raise ValueError(f"a non-negative head cannot start at {value}")
-        bias = value if self.activation in (None, "relu") else float(np.log(np.expm1(value)))
-        self.classifier.bias[...] = jnp.full_like(self.classifier.bias[...], bias)
+        thousands of steps to reach; starting at the training mean starts at the baseline.
+        ``value``: one number for every output, or one per output (e.g. a mean colour).
+        A sigmoid head starts at the logit of ``value`` (which must lie in (0, 1); clipped
+        to [1e-3, 1 - 1e-3] so the start is not saturated)."""
+        values = np.asarray(value, np.float64)
+        shown = float(values) if values.ndim == 0 else values.tolist()
+        if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != self.num_outputs):
+            raise ValueError(f"start_at takes one value or {self.num_outputs} (one per "
+                             f"output), got {shown}")
+        if self.activation in ("softplus", "relu") and np.any(values <= 0):
+            raise ValueError(f"a non-negative head cannot start at {shown}")
+        if self.activation == "sigmoid" and np.any((values <= 0) | (values >= 1)):
+            raise ValueError(f"a sigmoid head cannot start at {shown} (outside (0, 1))")
+        if self.activation == "softplus":
+            bias = np.log(np.expm1(values))
+        elif self.activation == "sigmoid":
+            clipped = np.clip(values, 1e-3, 1 - 1e-3)
+            bias = np.log(clipped / (1 - clipped))
+        else:
+            bias = values
+        current = self.classifier.bias[...]
+        self.classifier.bias[...] = jnp.broadcast_to(jnp.asarray(bias, current.dtype),
+                                                     current.shape)
 
     def __call__(self, backbone_out: BackboneOutput, *, image_size: tuple[int, int],
                  rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -459,6 +479,8 @@ class RegressionHead(UPerNetHead):
             return jax.nn.softplus(y)
         if self.activation == "relu":
             return jax.nn.relu(y)
+        if self.activation == "sigmoid":
+            return jax.nn.sigmoid(y)
         return y
 
 
@@ -534,7 +556,7 @@ class ChangeHead(nnx.Module):
 # ------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------
-HEAD_KINDS = ("linear", "upernet", "regression", "change")
+HEAD_KINDS = ("linear", "upernet", "regression", "change", "descriptor", "centernet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -594,5 +616,15 @@ def build_head(config: HeadConfig, level_dims: Sequence[int], num_outputs: int, 
         return UPerNetHead(level_dims, num_outputs, **upernet)
     if config.kind == "regression":
         return RegressionHead(level_dims, num_outputs, activation=config.activation, **upernet)
+    if config.kind == "descriptor":  # registration; its module builds on this one
+        from mars_jax.models.descriptors import DescriptorHead
+
+        return DescriptorHead(level_dims, num_outputs, **upernet)
+    if config.kind == "centernet":  # detection: heatmap, size, offset packed in one array
+        from mars_jax.models.detection import PackedCenterNetHead
+
+        return PackedCenterNetHead(level_dims, num_outputs, channels=config.channels,
+                                   head_channels=config.channels,
+                                   norm_groups=config.norm_groups, neck=config.neck, **kw)
     return ChangeHead(level_dims, num_outputs, fusion=config.fusion, symmetric=config.symmetric,
                       **upernet)

@@ -11,6 +11,7 @@ backbone on each date and the change head fuses the two.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -40,6 +41,8 @@ class TaskModel(nnx.Module):
         self.patch_size = model.patch_size
         self.encoder = MaRSEncoder(model, rngs=rngs)
         kind = dataclasses_replace(head, task.head_kind)
+        if task.activation and kind.kind != "linear":  # e.g. translation's sigmoid
+            kind = dataclasses.replace(kind, activation=task.activation)
         dims = (model.encoder.width,) * (len(self.levels) + 1)
         self.head = build_head(kind, dims, task.num_outputs, dtype=jnp.dtype(model.dtype),
                                param_dtype=jnp.dtype(model.param_dtype), rngs=rngs)
@@ -101,8 +104,6 @@ def _modality_weights(z_rgb, z_sar, present) -> tuple:
 def dataclasses_replace(head: HeadConfig, kind: str) -> HeadConfig:
     """The head config with the task's kind when the config asks for the default UPerNet
     (a linear probe stays linear for segmentation kinds)."""
-    import dataclasses
-
     if head.kind == "linear" and kind == "upernet":
         return head
     return dataclasses.replace(head, kind=kind if head.kind in ("upernet", kind) else head.kind)

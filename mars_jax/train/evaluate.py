@@ -2,10 +2,10 @@
 
 Each scene is predicted by sliding windows of the training crop (``tasks.sliding``), once per
 modality set ("both" = the modalities trained with, "optical", "sar"), and only the metrics'
-sufficient statistics are kept (a confusion matrix, binary counts or regression sums), so the
-evaluation set's size costs time, not memory. The trivial baseline (the majority class or the
-mean target of the training labels, predicted everywhere) is scored by the same metric code
-on the same scenes.
+sufficient statistics are kept (a confusion matrix, binary counts, regression or image-quality
+sums), so the evaluation set's size costs time, not memory. The trivial baseline (the majority
+class, the mean target or, for translation, the mean colour of the training labels, predicted
+everywhere) is scored by the same metric code on the same scenes.
 """
 
 from __future__ import annotations
@@ -47,14 +47,24 @@ def _label_keys(task: Task) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class LabelStatistics:
     """Counts of the kept pixels per class (classification kinds) or the sum and count of
-    the scored targets (regression), over some labelled examples."""
+    the scored targets (regression; translation: the per-channel sums of the valid pixels'
+    colours in [0, 1] and the number of pixels), over some labelled examples."""
 
     counts: np.ndarray  # int64 [256]
-    total: float = 0.0
+    total: float | np.ndarray = 0.0  # translation: float64 [3]
     count: int = 0
 
-    def baseline(self, task: Task) -> int | float:
-        """The trivial prediction: the most frequent class, or the mean target."""
+    def baseline(self, task: Task) -> int | float | tuple[float, ...]:
+        """The trivial prediction: the most frequent class, the mean target, or the mean
+        colour (translation: a tuple of 3 floats in [0, 1]; mid-grey with no pixels)."""
+        if task.kind == "registration":  # no registration: the identity
+            return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        if task.kind == "detection":  # no box at all (scored: mAP 0 with ground truth)
+            return ()
+        if task.kind == "translation":
+            if not self.count:
+                return (0.5,) * task.num_outputs
+            return tuple(float(v) for v in np.asarray(self.total, np.float64) / self.count)
         if task.kind == "regression":
             return float(self.total / self.count) if self.count else 0.0
         return int(self.counts.argmax())
@@ -75,11 +85,16 @@ class LabelStatistics:
 
 def label_statistics(task: Task, examples: Iterable[Mapping[str, Any]]) -> LabelStatistics:
     counts, total, count = np.zeros(256, np.int64), 0.0, 0
+    if task.kind in ("registration", "detection"):  # transforms, boxes: nothing to count
+        return LabelStatistics(counts)
     for example in examples:
         batch = {key: np.asarray(example[key])[None] for key in _label_keys(task)}
         mask = np.asarray(task.target_mask(batch))
         labels = np.asarray(batch[task.label])
-        if task.kind == "regression":
+        if task.kind == "translation":
+            kept = labels[mask].astype(np.float64) / 255.0  # [N, 3]
+            total, count = total + kept.sum(0), count + kept.shape[0]
+        elif task.kind == "regression":
             kept = labels[mask].astype(np.float64)
             total, count = total + kept.sum(), count + kept.size
         else:
@@ -88,14 +103,21 @@ def label_statistics(task: Task, examples: Iterable[Mapping[str, Any]]) -> Label
     return LabelStatistics(counts, total, count)
 
 
-def baseline_value(task: Task, examples: Iterable[Mapping[str, Any]]) -> int | float:
+def baseline_value(task: Task, examples: Iterable[Mapping[str, Any]]
+                   ) -> int | float | tuple[float, ...]:
     """The trivial prediction learnt from labelled examples: the most frequent kept class
-    (segmentation, binary, change), or the mean of the scored targets (regression)."""
+    (segmentation, binary, change), the mean of the scored targets (regression), or the mean
+    colour of the valid pixels (translation)."""
     return label_statistics(task, examples).baseline(task)
 
 
-def constant_logits(task: Task, value: int | float, shape: tuple[int, int, int]) -> np.ndarray:
-    """``[B, H, W, K]`` outputs that predict ``value`` at every pixel."""
+def constant_logits(task: Task, value: int | float | tuple[float, ...],
+                    shape: tuple[int, int, int]) -> np.ndarray:
+    """``[B, H, W, K]`` outputs that predict ``value`` at every pixel (translation: the
+    constant image of colour ``value``)."""
+    if task.kind == "translation":
+        colour = np.broadcast_to(np.asarray(value, np.float32), (task.num_outputs,))
+        return np.broadcast_to(colour, (*shape, task.num_outputs)).copy()
     if task.kind == "regression":
         return np.full((*shape, 1), value, np.float32)
     logits = np.zeros((*shape, task.num_outputs), np.float32)
@@ -104,7 +126,10 @@ def constant_logits(task: Task, value: int | float, shape: tuple[int, int, int])
 
 
 def prediction_of(task: Task, logits: np.ndarray) -> np.ndarray:
-    """Per-pixel class ids (argmax) or values (regression) of ``[B, H, W, K]`` outputs."""
+    """Per-pixel class ids (argmax) or values (regression) of ``[B, H, W, K]`` outputs;
+    translation: the image itself, ``[B, H, W, 3]`` clipped to [0, 1]."""
+    if task.kind == "translation":
+        return np.clip(np.asarray(logits, np.float32), 0.0, 1.0)
     return logits[..., 0] if task.kind == "regression" else logits.argmax(-1)
 
 
@@ -119,8 +144,9 @@ class EvalResult:
 def evaluate(task: Task, predict: Callable[[dict[str, Any]], Any],
              scenes: Iterable[Mapping[str, Any]], sets: Mapping[str, tuple[str, ...]], *,
              window: int, overlap: int, batch_windows: int, weighting: str = "uniform",
-             baseline: int | float | None = None, panels: int = 0, total: int | None = None,
-             presence: bool = False, progress: bool = False) -> EvalResult:
+             baseline: int | float | tuple[float, ...] | None = None, panels: int = 0,
+             total: int | None = None, presence: bool = False, progress: bool = False
+             ) -> EvalResult:
     """Streams ``scenes`` (unbatched examples with the task's keys) through ``predict`` (role
     inputs of ``batch_windows`` windows -> ``[N, window, window, K]``), per modality set.
 

@@ -73,7 +73,8 @@ class FinetunePlan:
     labels: LabelStatistics  # of the first BASELINE_EXAMPLES training examples
 
     @property
-    def baseline(self) -> int | float:
+    def baseline(self) -> int | float | tuple[float, ...]:
+        """The trivial prediction (``LabelStatistics.baseline``; translation: a colour)."""
         return self.labels.baseline(self.task)
 
     @property
@@ -114,8 +115,9 @@ def task_source(exp: FinetuneExperiment, task: Task, split: str) -> Any:
     """The training (``split="train"``, label fraction applied) or held-out source."""
     data, train = exp.data, split == "train"
     if data.source == "synth":
-        t2 = any(key in SECOND_DATE_KEYS for key in task.keys(("optical", "sar")))
-        options = (("with_registration", False), ("with_t2", t2))
+        keys = task.keys(("optical", "sar"))
+        t2 = any(key in SECOND_DATE_KEYS for key in keys)
+        options = (("with_registration", "affine" in keys), ("with_t2", t2))
         if train:
             source = SynthSource(seed=data.synth_seed, size=data.synth_size,
                                  length=data.synth_scenes, options=options)
@@ -177,12 +179,16 @@ def make_finetune_plan(config: ml_collections.ConfigDict, devices=None) -> Finet
     classes = tuple(getattr(train_source, "classes", ()) or ())
     if classes and task.kind == "segmentation":
         task = dataclasses.replace(task, classes=classes)
+    if classes and task.kind == "detection" and getattr(train_source, "task", "") == \
+            "detection":  # a detection dataset (COCO): its own categories, every one kept
+        task = dataclasses.replace(task, classes=classes, source_classes=None)
     for source, split in ((train_source, "training"), (eval_source, "held-out")):
         if len(source) < 1:
             raise ValueError(f"the {split} set is empty ({_describe(exp, split)})")
         first = source[0]
         task.check_example(first, exp.task.modalities, where=_describe(exp, split))
-    height, width = (int(n) for n in train_source[0][task.label].shape[:2])
+    image_key = next(iter(task.inputs.values()))
+    height, width = (int(n) for n in train_source[0][image_key].shape[:2])
     if min(height, width) < size:
         raise ConfigError(f"training examples are {height}x{width}, smaller than the crop "
                           f"input.image_size={size} (for SynthVHR raise data.synth_size)")
@@ -208,7 +214,8 @@ def make_input(plan: FinetunePlan):
         keys=plan.task.keys(plan.modalities) + tuple(getattr(source, "extra_keys", ())),
         crop_size=plan.image_size, flips=exp.data.flips, rotations=exp.data.rotations,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        worker_count=exp.data.workers, check_contract=False)
+        worker_count=exp.data.workers, check_contract=False,
+        map_fn=None if type(plan.task).prepare is Task.prepare else plan.task.prepare)
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,15 +253,18 @@ def model_and_optimizer(plan: FinetunePlan, total_steps: int):
 def pretrained_state(plan: FinetunePlan, graphdef: nnx.GraphDef, shardings: Any,
                      create: Callable) -> nnx.State:
     """A fresh state whose encoder is the init checkpoint's (random without one); a
-    regression head starts at the training labels' mean."""
+    regression head starts at the training labels' mean, a translation head at their mean
+    colour."""
     state = initial_state(plan, shardings, create)
-    regression = plan.task.kind == "regression" and plan.baseline > 0
-    if plan.init_folder is None and not regression:
+    kind, linear = plan.task.kind, plan.experiment.head.kind == "linear"
+    starts = not linear and ((kind == "regression" and plan.baseline > 0)
+                             or kind == "translation")
+    if plan.init_folder is None and not starts:
         return state
     model, optimizer = nnx.merge(graphdef, state)
     if plan.init_folder is not None:
         load_encoder(model.encoder, plan.init_folder)
-    if regression:  # the head starts at the training mean (RegressionHead.start_at)
+    if starts:  # the head starts at the training mean (RegressionHead.start_at)
         model.head.start_at(plan.baseline)
     return jax.device_put(nnx.state((model, optimizer)), shardings)
 
@@ -277,14 +287,16 @@ def make_loss_and_grads(plan: FinetunePlan, seed: int) -> Callable:
     dropout, ``present`` [B, 2]."""
     task, modalities = plan.task, plan.modalities
     weights = None if plan.class_weights is None else jnp.asarray(plan.class_weights)
+    ssim_weight = plan.experiment.task.ssim_weight  # translation only (validated)
 
     def loss_fn(params: nnx.State, rest: nnx.State, model_def: nnx.GraphDef,
                 inputs: Mapping[str, jax.Array]):
         model = nnx.merge(model_def, params, rest)
         key = jax.random.fold_in(jax.random.key(seed + 3), inputs["example_seed"][0])
+        inputs = task.augment(inputs, jax.random.fold_in(key, 1))
         logits = model(task.model_inputs(inputs, modalities), present=inputs.get("present"),
                        rngs=nnx.Rngs(dropout=key))
-        loss = task.loss(logits, inputs, class_weights=weights)
+        loss = task.loss(logits, inputs, class_weights=weights, ssim_weight=ssim_weight)
         return loss, {"loss": loss}
 
     return jax.value_and_grad(loss_fn, has_aux=True)
@@ -340,9 +352,26 @@ def jit_predict(graphdef: nnx.GraphDef, plan: FinetunePlan, shardings: Any) -> C
 # Evaluation and results
 # ------------------------------------------------------------------------------------------
 def run_evaluation(plan: FinetunePlan, predictor: Callable, state: nnx.State,
-                   baseline: int | float, *, panels: bool = True) -> EvalResult:
+                   baseline: int | float | tuple[float, ...], *, panels: bool = True
+                   ) -> EvalResult:
     exp = plan.experiment
     scenes = (plan.eval_source[i] for i in range(plan.eval_scenes))
+    if plan.task.kind == "detection":
+        from mars_jax.train.evaluate_detection import evaluate_detection
+
+        return evaluate_detection(
+            plan.task, lambda inputs: predictor(state, inputs), scenes, plan.eval_sets,
+            window=plan.image_size, overlap=plan.overlap, batch_windows=plan.batch_windows,
+            panels=exp.eval.panels if panels else 0, total=plan.eval_scenes,
+            progress=exp.eval.progress and jax.process_index() == 0)
+    if plan.task.kind == "registration":
+        from mars_jax.train.evaluate_registration import evaluate_registration
+
+        return evaluate_registration(
+            plan.task, lambda inputs: predictor(state, inputs), scenes,
+            batch=parallel.data_parallel_size(plan.mesh), panels=exp.eval.panels if panels
+            else 0, total=plan.eval_scenes, progress=exp.eval.progress
+            and jax.process_index() == 0)
     return evaluate(plan.task, lambda inputs: predictor(state, inputs), scenes, plan.eval_sets,
                     window=plan.image_size, overlap=plan.overlap,
                     batch_windows=plan.batch_windows, weighting=exp.eval.weighting,
@@ -355,11 +384,19 @@ def _finite(values: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (float(v) if math.isfinite(v) else None) for k, v in values.items()}
 
 
+def _json_prediction(value: int | float | tuple[float, ...]) -> int | float | list[float]:
+    """A baseline prediction as JSON holds it (a colour as a list)."""
+    if isinstance(value, tuple | list | np.ndarray):  # a colour, or a transform's rows
+        return np.asarray(value, np.float64).tolist()
+    return value
+
+
 def results_record(plan: FinetunePlan, result: EvalResult, step: int,
-                   baseline: int | float) -> dict:
+                   baseline: int | float | tuple[float, ...]) -> dict:
     """``results.json``: the task, protocol, modalities, every metric per modality set (NaN,
-    an undefined metric such as the IoU of a class absent from both, as null), the baseline
-    and the checkpoint the encoder started from."""
+    an undefined metric such as the IoU of a class absent from both, as null; translation:
+    psnr, ssim, l1, a perfect image's infinite PSNR as null too), the baseline (translation:
+    its colour, a list of 3 floats in [0, 1]) and the checkpoint the encoder started from."""
     exp, task = plan.experiment, plan.task
     return {
         "task": task.name, "protocol": exp.task.protocol, "variant": exp.variant,
@@ -372,7 +409,8 @@ def results_record(plan: FinetunePlan, result: EvalResult, step: int,
         "headline_values": {name: _finite(m).get(task.headline)
                             for name, m in result.metrics.items()},
         "metrics": {name: _finite(m) for name, m in result.metrics.items()},
-        "baseline": {"prediction": baseline, "metrics": _finite(result.baseline)},
+        "baseline": {"prediction": _json_prediction(baseline),
+                     "metrics": _finite(result.baseline)},
         "class_weights": None if plan.class_weights is None else [
             float(w) for w in plan.class_weights],
         "eval": {"source": exp.data.source, "scenes": result.scenes,
@@ -509,18 +547,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     ``W/eval_results.json`` (the results.json record)."""
     plan = make_finetune_plan(config, devices)
     workdir = Path(workdir)
-    graphdef, abstract_state, shardings, _ = model_and_optimizer(plan, plan.experiment
-                                                                 .total_steps)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=plan.experiment.checkpoint.keep,
-                                async_save=False)
-    try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no fine-tuned checkpoint in {workdir / 'checkpoints'}; "
-                                    "run --mode=finetune with this --workdir first")
-        state = checkpointer.restore(step, abstract_state, iter(make_input(plan)))
-    finally:
-        checkpointer.close(quiet=True)
+    graphdef, state, shardings, step = restore_newest(plan, workdir)
     predictor = jit_predict(graphdef, plan, shardings)
     baseline = plan.baseline
     with jax.set_mesh(plan.mesh):
@@ -536,3 +563,29 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     log(f"step {step}: {summary_line(result, plan.task)}\n  results: "
         f"{workdir / EVAL_RESULTS_FILE}")
     return record
+
+
+def restore_newest(plan: FinetunePlan, workdir: Path):
+    """(graphdef, state, shardings, step) of the newest fine-tuned checkpoint in ``workdir``."""
+    graphdef, abstract_state, shardings, _ = model_and_optimizer(plan, plan.experiment
+                                                                 .total_steps)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=plan.experiment.checkpoint.keep,
+                                async_save=False)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no fine-tuned checkpoint in {workdir / 'checkpoints'}; "
+                                    "run --mode=finetune with this --workdir first")
+        state = checkpointer.restore(step, abstract_state, iter(make_input(plan)))
+    finally:
+        checkpointer.close(quiet=True)
+    return graphdef, state, shardings, step
+
+
+def restore_finetuned(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                      devices: list[jax.Device] | None = None) -> tuple[nnx.Module, int]:
+    """The task model of the newest fine-tuned checkpoint in ``workdir`` and its step."""
+    plan = make_finetune_plan(config, devices)
+    graphdef, state, _, step = restore_newest(plan, Path(workdir))
+    model, _ = nnx.merge(graphdef, state)
+    return model, step

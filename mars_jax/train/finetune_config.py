@@ -16,7 +16,9 @@ Protocols (``task.protocol``):
           encoder layer l by ``layer_decay ** (L + 1 - l)`` (BEiT / MAE fine-tuning)
   frozen  PANGAEA's: the encoder is frozen (bit-identical after training), a UPerNet head
           trains with AdamW 1e-4, weight decay 0.05, the rate cut 10x at 60% and 90%
-  linear  a linear probe on the frozen encoder's fused tokens
+  linear  a linear probe on the frozen encoder's fused tokens (not for ``change``, which
+          has no bi-temporal probe, nor ``translation``: a 1x1 probe cannot decode an image,
+          nor ``registration``, nor the detection tasks: a probe has no box branches)
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class TaskConfig(Section):
     # "median_frequency": cross-entropy weighted by median-frequency balancing of the training
     # labels (train.evaluate.LabelStatistics), for rare classes such as damaged buildings
     class_weighting: str = "none"
+    # translation only: the loss adds ssim_weight * (1 - SSIM) to the L1 (0: L1 alone)
+    ssim_weight: float = 0.0
 
     def validate(self) -> None:
         from mars_jax.tasks import TASKS
@@ -75,8 +79,16 @@ class TaskConfig(Section):
         self.require(all(isinstance(i, int) and i >= 0 for i in self.levels), "levels",
                      "encoder block indices >= 0")
         self.require_one_of("class_weighting", CLASS_WEIGHTINGS)
-        self.require(self.class_weighting == "none" or TASKS[self.name].kind != "regression",
-                     "class_weighting", "'none' for a regression task")
+        task = TASKS[self.name]
+        self.require(self.class_weighting == "none" or task.kind not in (
+            "regression", "translation", "detection"),
+                     "class_weighting", f"'none' for a {task.kind} task")
+        self.require(set(self.modalities) <= set(task.roles), "modalities",
+                     f"among {list(task.roles)}: task {self.name!r} reads only those")
+        self.require(isinstance(self.ssim_weight, int | float) and not isinstance(
+            self.ssim_weight, bool) and self.ssim_weight >= 0, "ssim_weight", ">= 0")
+        self.require(not self.ssim_weight or task.kind == "translation", "ssim_weight",
+                     f"0 for task {self.name!r}: the SSIM term is for 'translation' only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +251,33 @@ class FinetuneExperiment:
         if sections["task"].protocol == "linear" and sections["task"].name == "change":
             raise ConfigError("task config: protocol 'linear' has no bi-temporal form; use "
                               "'frozen' (a frozen encoder with the change head) for 'change'")
+        if sections["task"].protocol == "linear" and sections["task"].name == "translation":
+            raise ConfigError("task config: protocol 'linear' cannot decode an image (a 1x1 "
+                              "probe of patch tokens, upsampled); use 'frozen' (a frozen "
+                              "encoder with the UPerNet decoder) for 'translation'")
+        from mars_jax.tasks import TASKS
+
+        if sections["task"].protocol == "linear" and TASKS[sections["task"].name].kind == \
+                "detection":
+            raise ConfigError("task config: protocol 'linear' has no detection form (a 1x1 "
+                              "probe has no heatmap, size and offset branches); use 'frozen' "
+                              f"(a frozen encoder with the CenterNet head) for "
+                              f"{sections['task'].name!r}")
+        if sections["task"].name == "registration":
+            if sections["task"].protocol == "linear":
+                raise ConfigError("task config: protocol 'linear' has no registration form; "
+                                  "use 'frozen' (a frozen encoder with the descriptor head)")
+            if tuple(sections["task"].modalities) != ("optical", "sar"):
+                raise ConfigError("task config: registration matches an optical image to a "
+                                  "SAR image: task.modalities must be ('optical', 'sar'), got "
+                                  f"{tuple(sections['task'].modalities)}")
+            if sections["task"].modality_dropout:
+                raise ConfigError("task config: registration needs both images of every "
+                                  "pair: task.modality_dropout must be 0")
+        fixed = TASKS[sections["task"].name].activation
+        if fixed and sections["head"].activation not in (None, fixed):
+            raise ConfigError(f"head config: activation must be {fixed!r} (or None) for task "
+                              f"{sections['task'].name!r}, got {sections['head'].activation!r}")
         rules = tuple((str(name), axes if axes is None or isinstance(axes, str)
                        else tuple(axes)) for name, axes in values.get("sharding_rules", ()))
         return cls(**sections, seed=int(values.get("seed", 0)), total_steps=total,

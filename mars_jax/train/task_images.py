@@ -13,6 +13,8 @@ How predictions and truths are drawn, by task kind:
     binary, change   0 black, 1 white
     regression       a viridis-like ramp from 0 to the row's maximum of truth and prediction,
                      shared by the two tiles so equal values have equal colours
+    translation      images: SAR input | predicted optical | true optical (RGB as is; the
+                     prediction in [0, 1] shown x 255)
 
 Black (``IGNORE_COLOUR``) marks pixels that do not count: in the truth tile, pixels outside
 ``mask`` and labels ``IGNORE_INDEX`` (or outside the task's classes); in the prediction tile,
@@ -147,7 +149,9 @@ def prediction_panel(task: Task, inputs: Mapping[str, np.ndarray], prediction: n
     inputs: role -> ``[B, H, W, C]`` (``Task.model_inputs``'s mapping; its ``valid`` is
     ignored); roles missing (modality not given) get no tile, but one image role of the task
     must be there. prediction, truth: ``[B, H, W]`` class ids (segmentation, binary, change)
-    or heights (regression); mask: bool ``[B, H, W]``, the pixels that count (None: all).
+    or heights (regression); translation: ``[B, H, W, 3]`` images, the prediction in [0, 1]
+    and the truth uint8 optical; mask: bool ``[B, H, W]``, the pixels that count (None:
+    all; translation: black in the truth tile outside it).
     Arrays may live on a device: only the first examples are fetched.
     """
     roles = [role for role in IMAGE_ROLES if role in task.inputs]
@@ -162,10 +166,17 @@ def prediction_panel(task: Task, inputs: Mapping[str, np.ndarray], prediction: n
     if max_examples < 1:
         raise ValueError(f"max_examples must be at least 1, got {max_examples}")
     shape = tuple(np.shape(prediction))
-    if len(shape) != 3:
+    if task.kind == "translation":
+        if len(shape) != 4 or shape[3] != 3:
+            raise ValueError(f"'prediction' has shape {shape}; expected [B, H, W, 3] (an RGB "
+                             f"image in [0, 1] for translation)")
+        shape = shape[:3]
+        _check("truth", truth, shape, 3)
+    elif len(shape) != 3:
         raise ValueError(f"'prediction' has shape {shape}; expected [B, H, W] (class ids, or "
                          f"heights for regression)")
-    _check("truth", truth, shape)
+    else:
+        _check("truth", truth, shape)
     if mask is not None:
         _check("mask", mask, shape)
     for role in present:
@@ -175,10 +186,15 @@ def prediction_panel(task: Task, inputs: Mapping[str, np.ndarray], prediction: n
         raise ValueError("prediction_panel needs at least one example")
     host = lambda array: np.asarray(array[:count])  # slice first: less to fetch from a device
     prediction, truth = host(prediction), host(truth)
-    shape = prediction.shape
+    shape = prediction.shape[:3]
     keep = np.ones(shape, bool) if mask is None else host(mask).astype(bool)
 
-    if task.kind == "regression":
+    if task.kind == "translation":
+        predicted = np.clip(np.nan_to_num(prediction.astype(np.float32)), 0.0, 1.0) * 255.0
+        true = _optical_tile(truth).copy()
+        true[~keep] = IGNORE_COLOUR
+        outputs = [_optical_tile(predicted), true]
+    elif task.kind == "regression":
         outputs = _regression_tiles(prediction, truth, keep)
     else:
         for key, array in (("prediction", prediction), ("truth", truth)):

@@ -14,6 +14,9 @@ name                    task               keys (besides ``id``)
 ``dfc23_t2``            building_height    optical, sar, valid, height, building
 ``whu_cd``              change             optical, optical_t2, valid, change
 ``deepglobe_roads``     roads              optical, valid, road
+``coco``                detection          optical or sar (``modality``), valid, boxes,
+                                           box_classes, image_id (COCO-format folders:
+                                           SARDet-100K, UBCv2; ``export_coco`` writes one)
 ======================  =================  ===============================================
 
 ``open_dataset(name, root, split="train", **options)`` opens one; the options are the
@@ -38,6 +41,7 @@ from mars_jax.data.datasets.base import (
     SampleError,
 )
 from mars_jax.data.datasets.bright import Bright
+from mars_jax.data.datasets.coco import CocoSource, export_coco
 from mars_jax.data.datasets.deepglobe_roads import DeepGlobeRoads
 from mars_jax.data.datasets.dfc23_t2 import Dfc23Track2
 from mars_jax.data.datasets.earthmiss import EarthMiss
@@ -50,9 +54,9 @@ from mars_jax.data.datasets.whu_cd import WhuCd
 
 __all__ = [
     "DATASETS", "IGNORE", "TERRAMESH_LULC", "TERRAMESH_LULC_CLASSES", "Bright",
-    "DatasetError", "DatasetWarning", "DeepGlobeRoads", "Dfc23Track2", "EarthMiss",
-    "FolderSource", "IngestedLabels", "Problem", "SampleError", "WhuCd", "ingested_labels",
-    "open_dataset",
+    "CocoSource", "DatasetError", "DatasetWarning", "DeepGlobeRoads", "Dfc23Track2", "EarthMiss",
+    "FolderSource", "IngestedLabels", "Problem", "SampleError", "WhuCd", "export_coco",
+    "ingested_labels", "open_dataset",
 ]
 
 DATASETS: dict[str, type[FolderSource]] = {
@@ -61,6 +65,7 @@ DATASETS: dict[str, type[FolderSource]] = {
     "dfc23_t2": Dfc23Track2,
     "whu_cd": WhuCd,
     "deepglobe_roads": DeepGlobeRoads,
+    "coco": CocoSource,
 }
 
 

@@ -1,0 +1,114 @@
+r"""Registers a SAR image onto an optical image.
+
+  python -m mars_jax.register --optical A.tif --sar B.tif --out DIR \
+      (--workdir FINETUNED --config configs/finetune.py:registration,tiny | --checkpoint PRETRAIN)
+      [--model affine|homography] [--truth T.txt] [--threshold 5]
+
+``--workdir``: a ``registration`` fine-tuning workdir (its newest checkpoint and the config it
+was trained with): the fine-tuned descriptor head. ``--checkpoint``: a pretraining workdir or
+step folder: zero-shot, the CGCL embeddings of the pretrained encoders (``--config`` then
+names the pretraining variant, default ``configs/pretrain.py:tiny``).
+
+Writes into DIR:
+  transform.json   the transform (optical pixel (x, y, 1) -> SAR pixel), its inverse, the
+                   match counts and, with ``--truth`` (a 2x3 or 3x3 matrix as text or .npy),
+                   GUSO's scores and the corner error
+  sar_registered.png / .tif   the SAR resampled onto the optical grid (the GeoTIFF keeps the
+                   optical image's CRS and geotransform when it has them)
+  checkerboard.png  optical and registered SAR in alternating squares
+  matches.png      both images side by side with the RANSAC inliers drawn
+
+Images: any raster rasterio or pillow reads; SAR as the dataset loaders convert it (8-bit
+display SAR is amplitude DN, ``20 log10 DN``, mapped onto the reference dB scale). Both are
+padded to a multiple of the patch size (the padding is no-data).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined when it runs (not on import, so the module imports
+    beside ``mars_jax.main``, whose --config / --workdir flags share these names)."""
+    flags.DEFINE_string("optical", None, "optical image (GeoTIFF, PNG, JPEG)")
+    flags.DEFINE_string("sar", None, "SAR image (GeoTIFF, PNG)")
+    flags.DEFINE_string("out", None, "output folder")
+    flags.DEFINE_string("workdir", None, "registration fine-tuning workdir (with --config)")
+    flags.DEFINE_string("checkpoint", None, "pretraining workdir or step folder: zero-shot")
+    flags.DEFINE_string("config", None, "config file[:arg] of the workdir / checkpoint")
+    flags.DEFINE_enum("model", "affine", ["affine", "homography"],
+                      "transform fitted by RANSAC")
+    flags.DEFINE_float("threshold", 5.0, "RANSAC inlier threshold (px)")
+    flags.DEFINE_string("truth", None, "ground-truth transform (optical px -> SAR px) to score")
+
+
+def register_files(optical: str, sar: str, out: str, *, workdir: str | None = None,
+                   checkpoint: str | None = None, config: str | None = None,
+                   model: str = "affine", threshold: float = 5.0, truth: str | None = None,
+                   log=print) -> int:
+    """The command's work; returns its exit status (0 registered, 1 bad input, 2 usage,
+    3 no transform found: too few matches)."""
+    from mars_jax.inference.registration import load_registrar, read_pair, write_outputs
+
+    if not optical or not sar or not out:
+        log("register: --optical, --sar and --out are required")
+        return 2
+    if bool(workdir) == bool(checkpoint):
+        log("register: give one of --workdir (fine-tuned registration) or --checkpoint "
+            "(pretrained encoders, zero-shot)")
+        return 2
+    try:
+        optical_image, sar_image = read_pair(optical, sar)
+        matrix = load_truth(truth) if truth else None
+        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, config=config)
+    except (FileNotFoundError, ValueError) as error:
+        log(f"register: {error}")
+        return 1
+    result = registrar.register(optical_image, sar_image, model=model, threshold=threshold,
+                                truth=matrix)
+    record = write_outputs(Path(out), optical_image, sar_image, result, registrar.describe())
+    log(json.dumps({k: record[k] for k in ("transform", "matches", "inliers", "scores")},
+                   indent=1))
+    if result.transform is None:
+        log(f"register: no transform found ({len(result.src)} matches)")
+        return 3
+    log(f"register: wrote {out}/transform.json, sar_registered.png, checkerboard.png")
+    return 0
+
+
+def main(argv) -> int:
+    del argv
+    return register_files(FLAGS.optical, FLAGS.sar, FLAGS.out, workdir=FLAGS.workdir,
+                          checkpoint=FLAGS.checkpoint, config=FLAGS.config, model=FLAGS.model,
+                          threshold=FLAGS.threshold, truth=FLAGS.truth,
+                          log=lambda line: print(line, file=sys.stderr))
+
+
+def load_truth(path: str) -> np.ndarray:
+    """A 2x3 or 3x3 matrix from a text file (whitespace / commas) or a .npy file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--truth {path}: no such file")
+    matrix = np.load(file) if file.suffix == ".npy" else np.loadtxt(
+        file, delimiter="," if "," in file.read_text() else None)
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.shape not in ((2, 3), (3, 3)):
+        raise ValueError(f"--truth {path}: a 2x3 or 3x3 matrix, got shape {matrix.shape}")
+    return matrix
+
+
+def run() -> None:
+    define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()
