@@ -44,6 +44,7 @@ setup(
         "faster-coco-eval>=1.6",  # detection: COCO mAP
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3",
+                 "scikit-image>=0.21"],  # scikit-image: an independent SSIM reference
     },
 )

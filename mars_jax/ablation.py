@@ -13,8 +13,6 @@ them. Runs already done in --workdir are reused: an interrupted ablation resumes
 ``--pretrain_steps`` / ``--finetune_steps`` omitted: the configs' ``total_steps``.
 """
 
-import sys
-
 from absl import app, flags, logging
 
 from mars_jax.config_files import load_config
@@ -52,8 +50,8 @@ def main(argv: list[str]) -> None:
                         ("finetune_steps", _FINETUNE_STEPS.value)):
         if value is not None and value < 1:
             raise app.UsageError(f"--{name} must be positive, got {value}")
+    from mars_jax.cli_errors import user_errors_exit
     from mars_jax.train.ablation import VARIANT_NAMES, run_ablation
-    from mars_jax.typed_config import ConfigError
 
     bad = [v for v in _VARIANTS.value if v not in VARIANT_NAMES]
     if bad:
@@ -65,27 +63,12 @@ def main(argv: list[str]) -> None:
         bases = {t: load_config(ft_spec.format(task=t)) for t in _TASKS.value}
     except ValueError as error:  # an unknown size, task or protocol
         raise app.UsageError(str(error)) from None
-    try:
+    with user_errors_exit():
         run_ablation(pretrain_base, bases.__getitem__, _TASKS.value, _WORKDIR.value,
                      pretrain_steps=_PRETRAIN_STEPS.value, finetune_steps=_FINETUNE_STEPS.value,
                      seeds=seeds, variants=_VARIANTS.value,
                      specs={"pretrain": f"{_PRETRAIN_CONFIG.value}:{size}",
                             "finetune": ft_spec})
-    except ConfigError as error:  # a bad value: the message says which; no traceback
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (OSError, ValueError, RuntimeError) as error:  # as mars_jax.main: one message
-        from mars_jax.data.datasets import DatasetError
-        from mars_jax.tasks import ExampleError
-        from mars_jax.train.checkpoint import CheckpointLayoutError, CheckpointSaveError
-        from mars_jax.train.loop import CheckpointRestoreError
-
-        if not isinstance(error, CheckpointSaveError | CheckpointLayoutError
-                          | CheckpointRestoreError | FileNotFoundError | DatasetError
-                          | ExampleError):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -94,27 +94,10 @@ def main(argv: list[str]) -> None:
             "configs/pretrain.py:VARIANT"
         raise app.UsageError(f"--mode={_MODE.value} takes a config like {wanted}")
     _initialize_distributed()  # JAX starts here, after flags are parsed
-    from mars_jax.typed_config import ConfigError
+    from mars_jax.cli_errors import user_errors_exit
 
-    try:
+    with user_errors_exit():
         run(config)
-    except ConfigError as error:  # a bad value: the message says which; no traceback
-        print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (OSError, ValueError, RuntimeError) as error:
-        # Checkpoints that cannot be written, restored or converted, a missing init
-        # checkpoint, bad dataset files or examples: one message naming it, exit 1.
-        from mars_jax.data.datasets import DatasetError
-        from mars_jax.tasks import ExampleError
-        from mars_jax.train.checkpoint import CheckpointLayoutError, CheckpointSaveError
-        from mars_jax.train.loop import CheckpointRestoreError
-
-        if not isinstance(error, CheckpointSaveError | CheckpointLayoutError
-                          | CheckpointRestoreError | FileNotFoundError | DatasetError
-                          | ExampleError):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def run(config) -> None:

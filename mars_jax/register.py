@@ -1,8 +1,9 @@
-r"""Registers a SAR image onto an optical image.
+r"""Registers a SAR image onto an optical image, or every pair of a GUSO-layout folder.
 
   python -m mars_jax.register --optical A.tif --sar B.tif --out DIR \
       (--workdir FINETUNED --config configs/finetune.py:registration,tiny | --checkpoint PRETRAIN)
       [--model affine|homography] [--truth T.txt] [--threshold 5]
+  python -m mars_jax.register --folder PAIRS --out DIR (--workdir ... | --checkpoint ...)
 
 ``--workdir``: a ``registration`` fine-tuning workdir (its newest checkpoint and the config it
 was trained with): the fine-tuned descriptor head. ``--checkpoint``: a pretraining workdir or
@@ -16,7 +17,13 @@ Writes into DIR:
   sar_registered.png / .tif   the SAR resampled onto the optical grid (the GeoTIFF keeps the
                    optical image's CRS and geotransform when it has them)
   checkerboard.png  optical and registered SAR in alternating squares
+                   (checkerboard_unregistered.png: with the SAR as it came, the misfit)
   matches.png      both images side by side with the RANSAC inliers drawn
+
+``--folder``: ``{id}_opt.png`` / ``{id}_sar.png`` pairs (any of .png .jpg .tif), each with
+its ground truth ``{id}_H.txt`` or ``{id}_H.npy`` when given; every pair's outputs go to
+``DIR/{id}/`` and ``DIR/scores.json`` holds GUSO's scores over the pairs with a ground truth
+and each pair's record.
 
 Images: any raster rasterio or pillow reads; SAR as the dataset loaders convert it (8-bit
 display SAR is amplitude DN, ``20 log10 DN``, mapped onto the reference dB scale). Both are
@@ -29,8 +36,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +45,8 @@ def define_flags() -> None:
     """The command line's flags, defined when it runs (not on import, so the module imports
     beside ``mars_jax.main``, whose --config / --workdir flags share these names)."""
     flags.DEFINE_string("optical", None, "optical image (GeoTIFF, PNG, JPEG)")
+    flags.DEFINE_string("folder", None, "a GUSO-layout folder of pairs (instead of --optical "
+                        "and --sar)")
     flags.DEFINE_string("sar", None, "SAR image (GeoTIFF, PNG)")
     flags.DEFINE_string("out", None, "output folder")
     flags.DEFINE_string("workdir", None, "registration fine-tuning workdir (with --config)")
@@ -54,16 +62,20 @@ def register_files(optical: str, sar: str, out: str, *, workdir: str | None = No
                    checkpoint: str | None = None, config: str | None = None,
                    model: str = "affine", threshold: float = 5.0, truth: str | None = None,
                    log=print) -> int:
-    """The command's work; returns its exit status (0 registered, 1 bad input, 2 usage,
-    3 no transform found: too few matches)."""
-    from mars_jax.inference.registration import load_registrar, read_pair, write_outputs
+    """The command's work for one pair; returns its exit status (0 registered, 1 bad input,
+    2 usage, 3 no transform found: too few matches)."""
+    from mars_jax.inference.registration import (
+        load_registrar,
+        load_truth,
+        read_pair,
+        write_outputs,
+    )
 
     if not optical or not sar or not out:
-        log("register: --optical, --sar and --out are required")
+        log("register: --optical and --sar (or --folder), and --out are required")
         return 2
-    if bool(workdir) == bool(checkpoint):
-        log("register: give one of --workdir (fine-tuned registration) or --checkpoint "
-            "(pretrained encoders, zero-shot)")
+    if usage := _source_problem(workdir, checkpoint):
+        log(usage)
         return 2
     try:
         optical_image, sar_image = read_pair(optical, sar)
@@ -84,25 +96,62 @@ def register_files(optical: str, sar: str, out: str, *, workdir: str | None = No
     return 0
 
 
+def register_pairs(folder: str, out: str, *, workdir: str | None = None,
+                   checkpoint: str | None = None, config: str | None = None,
+                   model: str = "affine", threshold: float = 5.0, progress: bool = True,
+                   log=print) -> int:
+    """The command's work for a GUSO-layout folder; returns its exit status (0 every pair
+    registered, 1 bad input, 2 usage, 3 a pair with no transform or unreadable)."""
+    from mars_jax.inference.registration import folder_pairs, load_registrar, register_folder
+
+    if not out:
+        log("register: --out is required")
+        return 2
+    if usage := _source_problem(workdir, checkpoint):
+        log(usage)
+        return 2
+    try:
+        pairs = folder_pairs(folder)
+        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, config=config)
+    except (FileNotFoundError, ValueError) as error:
+        log(f"register: {error}")
+        return 1
+    summary = register_folder(registrar, pairs, Path(out), model=model, threshold=threshold,
+                              progress=progress)
+    log(json.dumps({k: summary[k] for k in ("pairs", "scored", "failed_to_read", "scores")},
+                   indent=1))
+    unregistered = [i for i, r in summary["records"].items() if r.get("transform") is None]
+    if unregistered:
+        log(f"register: no transform for {unregistered} (see {out}/scores.json)")
+        return 3
+    log(f"register: wrote {out}/scores.json and a folder per pair")
+    return 0
+
+
+def _source_problem(workdir: str | None, checkpoint: str | None) -> str | None:
+    if bool(workdir) == bool(checkpoint):
+        return ("register: give one of --workdir (fine-tuned registration) or --checkpoint "
+                "(pretrained encoders, zero-shot)")
+    return None
+
+
 def main(argv) -> int:
     del argv
+    if not FLAGS["verbosity"].present:  # library INFO logs (orbax) off by default, as main's
+        logging.set_verbosity(logging.WARNING)
+    if FLAGS.folder:
+        if FLAGS.optical or FLAGS.sar or FLAGS.truth:
+            print("register: --folder takes its pairs and truths from the folder; drop "
+                  "--optical, --sar and --truth", file=sys.stderr)
+            return 2
+        return register_pairs(FLAGS.folder, FLAGS.out, workdir=FLAGS.workdir,
+                              checkpoint=FLAGS.checkpoint, config=FLAGS.config,
+                              model=FLAGS.model, threshold=FLAGS.threshold,
+                              log=lambda line: print(line, file=sys.stderr))
     return register_files(FLAGS.optical, FLAGS.sar, FLAGS.out, workdir=FLAGS.workdir,
                           checkpoint=FLAGS.checkpoint, config=FLAGS.config, model=FLAGS.model,
                           threshold=FLAGS.threshold, truth=FLAGS.truth,
                           log=lambda line: print(line, file=sys.stderr))
-
-
-def load_truth(path: str) -> np.ndarray:
-    """A 2x3 or 3x3 matrix from a text file (whitespace / commas) or a .npy file."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--truth {path}: no such file")
-    matrix = np.load(file) if file.suffix == ".npy" else np.loadtxt(
-        file, delimiter="," if "," in file.read_text() else None)
-    matrix = np.asarray(matrix, np.float64)
-    if matrix.shape not in ((2, 3), (3, 3)):
-        raise ValueError(f"--truth {path}: a 2x3 or 3x3 matrix, got shape {matrix.shape}")
-    return matrix
 
 
 def run() -> None:

@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,17 @@ def with_test_xla_flags(flags: str) -> str:
 
 
 os.environ["XLA_FLAGS"] = with_test_xla_flags(os.environ.get("XLA_FLAGS", ""))
+
+# One persistent compilation cache per test run, shared by the xdist workers and by the
+# training subprocesses the slow tests start (they inherit the environment): many tests and
+# resumed runs compile the very same tiny programs, and compiling is most of their time. A
+# fresh folder each run, so nothing from an earlier checkout is reused; a user's own
+# JAX_COMPILATION_CACHE_DIR is kept (and not deleted).
+OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mars_jax_tests_xla_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ is a folder of files, not an installed package
@@ -44,3 +57,8 @@ def pytest_configure(config):
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()
+
+
+def pytest_unconfigure(config):
+    if OWN_CACHE:  # the process that made the cache folder (xdist's controller) removes it
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -95,3 +95,19 @@ def tiny_run_config(steps: int, *, depth: int = 1, constant_lr: bool = False, **
     for section, values in sections.items():
         config[section].update(values)
     return config
+
+
+def whole_finetune_config(spec: str, steps: int, learning_rate: float | None = None):
+    """``configs/finetune.py:SPEC`` as the slow whole-run tests train it: ``steps`` steps
+    (at ``learning_rate`` when given), quiet, one checkpoint at the end."""
+    from configs import finetune
+
+    config = finetune.get_config(spec)
+    config.total_steps = steps
+    if learning_rate is not None:
+        config.optim.learning_rate = learning_rate
+    config.eval.progress = False
+    config.log.progress = False
+    config.log.tensorboard = False
+    config.checkpoint.every_steps = 0  # saved at the end all the same
+    return config

@@ -196,19 +196,19 @@ def tiny_finetune(task):
     return config
 
 
-@pytest.mark.slow  # 4 pretrainings and 8 fine-tunings of 3 steps: compiles, minutes on 2 cores
+@pytest.mark.slow  # 4 pretrainings and 4 fine-tunings of 3 steps: compiles, minutes on 2 cores
 def test_the_runner_writes_the_table_and_resumes(tmp_path):
     lines = []
     kw = dict(pretrain_steps=3, finetune_steps=3, seeds=(0,), log=lines.append,
               devices=jax.devices()[:1])
-    tasks = ("landcover", "roads")
+    tasks = ("landcover",)  # the formulas over several tasks: the hand-made tests above
     first = run_ablation(tiny_pretrain(), tiny_finetune, tasks, tmp_path, **kw)
     table = (tmp_path / "ablation.md").read_text()
     for v in VARIANT_NAMES:
         assert f"| {v} |" in table
-    assert "Δ_synergy" in table and "landcover miou ↑" in table and "roads iou ↑" in table
+    assert "Δ_synergy" in table and "landcover miou ↑" in table
     record = json.loads((tmp_path / "ablation.json").read_text())
-    assert len(record["runs"]) == 8 and record["seeds"] == [0]
+    assert len(record["runs"]) == 4 and record["seeds"] == [0]
     assert {r["kind"] for r in record["records"]} == {"pretrain", "finetune"}
     m0 = next(r for r in record["records"] if r["kind"] == "pretrain" and r["variant"] == "M0")
     assert m0["config"]["model"]["mma_layers"] == 0 and "--config.loss.alpha=0.0" in m0["command"]
@@ -217,10 +217,10 @@ def test_the_runner_writes_the_table_and_resumes(tmp_path):
     assert all(r["config"]["model"]["mma_layers"] == (2 if r["variant"] in ("M2", "M3") else 0)
                for r in ft)
     assert sum("finetune" in line and "reused" not in line for line in lines
-               if line.startswith("[")) == 8
+               if line.startswith("[")) == 4
     # Everything is done: a second call reads the runs back and trains nothing.
     lines.clear()
     again = run_ablation(tiny_pretrain(), tiny_finetune, tasks, tmp_path, **kw)
     progress = [line for line in lines if line.startswith("[")]
-    assert len(progress) == 12 and all("reused" in line for line in progress)
+    assert len(progress) == 8 and all("reused" in line for line in progress)
     assert again["table"] == first["table"]

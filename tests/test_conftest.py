@@ -37,3 +37,15 @@ def test_the_terramesh_fixtures_are_in_the_repository(repo_root, terramesh_dir):
     for folder in ("S2RGB", "S1RTC", "LULC"):
         assert len(list((terramesh_dir / folder).glob("*.tif"))) == 5, folder
     assert (terramesh_dir / "LICENSE").is_file() and (terramesh_dir / "README.md").is_file()
+
+
+@pytest.mark.skipif(not os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+                    reason="the user turned the compilation cache off")
+def test_the_session_shares_one_persistent_compilation_cache(tmp_path):
+    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert jax.config.jax_compilation_cache_dir == folder and os.path.isdir(folder)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    # A fresh program is compiled and then written there (so subprocesses reuse it).
+    before = set(os.listdir(folder))
+    jax.jit(lambda x: x * 3.25 + 0.125).lower(jax.numpy.ones((3, 7))).compile()
+    assert set(os.listdir(folder)) - before

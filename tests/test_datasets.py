@@ -475,9 +475,10 @@ def test_deepglobe_truncated_jpeg_is_named_when_read_or_scanned(tmp_path):
 
 
 def test_registry_names_and_unknown_dataset(tmp_path):
-    assert set(DATASETS) == {"earthmiss", "bright", "dfc23_t2", "whu_cd", "deepglobe_roads"}
+    assert set(DATASETS) == {
+        "earthmiss", "bright", "dfc23_t2", "whu_cd", "deepglobe_roads", "coco"}
     assert {cls.task for cls in DATASETS.values()} == {
-        "landcover", "damage", "building_height", "change", "roads"}
+        "landcover", "damage", "building_height", "change", "roads", "detection"}
     with pytest.raises(ValueError, match="unknown dataset 'xview2'"):
         open_dataset("xview2", tmp_path)
     with pytest.raises(DatasetError, match="missing_folder"):

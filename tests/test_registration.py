@@ -152,39 +152,50 @@ def test_matching_masks_cells_without_data():
 # ------------------------------------------------------------------------------------------
 # The descriptor loss
 # ------------------------------------------------------------------------------------------
-def reference_loss(d_opt, d_sar, affine, valid, valid_sar, temperature):
-    """float64 NumPy: every cell a query (grid of 4x4 <= max_points), bilinear twin."""
-    total, count = 0.0, 0
-    batch, rows, cols, _ = d_opt.shape
-    height = valid.shape[1]
+def reference_direction(d_query, d_key, transform, v_query, v_key, temperature):
+    """float64 NumPy, one image, one direction: every cell a query (a 4x4 grid is within
+    max_points), every key cell with data a candidate, the bilinear twin's cells the target."""
+    rows, cols, _ = d_query.shape
+    height = v_query.shape[0]
     stride = height / rows
-    for b in range(batch):
-        queries, keys, counted = [], [], []
-        for r in range(rows):
-            for c in range(cols):
-                p = (np.array([c, r]) + 0.5) * stride - 0.5
-                q = affine[b, :, :2] @ p + affine[b, :, 2]
-                u = (q + 0.5) / stride - 0.5
-                inside = 0 <= u[0] <= cols - 1 and 0 <= u[1] <= rows - 1
-                x0 = int(min(max(np.floor(u[0]), 0), cols - 2))
-                y0 = int(min(max(np.floor(u[1]), 0), rows - 2))
-                fx, fy = u[0] - x0, u[1] - y0
-                k = ((1 - fy) * ((1 - fx) * d_sar[b, y0, x0] + fx * d_sar[b, y0, x0 + 1])
-                     + fy * ((1 - fx) * d_sar[b, y0 + 1, x0] + fx * d_sar[b, y0 + 1, x0 + 1]))
-                px = np.clip(np.round(q).astype(int), 0, height - 1)
-                ok = inside and valid_sar[b, px[1], px[0]] and valid[
-                    b, int(np.clip(round(p[1]), 0, height - 1)),
-                    int(np.clip(round(p[0]), 0, height - 1))]
-                queries.append(d_opt[b, r, c])
-                keys.append(k / np.linalg.norm(k))
-                counted.append(ok)
-        qs, ks, ok = np.array(queries), np.array(keys), np.array(counted)
-        logits = (qs[ok] @ ks[ok].T) / temperature
-        for i in range(len(logits)):
-            forward = np.log(np.exp(logits[i]).sum()) - logits[i, i]
-            backward = np.log(np.exp(logits[:, i]).sum()) - logits[i, i]
-            total += 0.5 * (forward + backward)
+    centre = [int(np.clip(round((i + 0.5) * stride - 0.5), 0, height - 1)) for i in range(rows)]
+    key_ok = np.array([[v_key[centre[i], centre[j]] for j in range(cols)] for i in range(rows)])
+    total, count = 0.0, 0
+    for r in range(rows):
+        for c in range(cols):
+            p = (np.array([c, r]) + 0.5) * stride - 0.5
+            u = ((transform[:, :2] @ p + transform[:, 2]) + 0.5) / stride - 0.5
+            if not (0 <= u[0] <= cols - 1 and 0 <= u[1] <= rows - 1):
+                continue
+            if not v_query[int(np.clip(round(p[1]), 0, height - 1)),
+                           int(np.clip(round(p[0]), 0, height - 1))]:
+                continue
+            x0, y0 = min(int(np.floor(u[0])), cols - 2), min(int(np.floor(u[1])), rows - 2)
+            fx, fy = u[0] - x0, u[1] - y0
+            target = np.zeros((rows, cols))
+            for dy, dx, w in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
+                              (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+                target[y0 + dy, x0 + dx] += w * key_ok[y0 + dy, x0 + dx]
+            if target.sum() < 0.5:
+                continue
+            target /= target.sum()
+            logits = np.array([[d_query[r, c] @ d_key[i, j] / temperature for j in range(cols)]
+                               for i in range(rows)])
+            kept = logits[key_ok]
+            log_softmax = logits - (kept.max() + np.log(np.exp(kept - kept.max()).sum()))
+            total -= (target[key_ok] * log_softmax[key_ok]).sum()
             count += 1
+    return total, count
+
+
+def reference_loss(d_opt, d_sar, affine, valid, valid_sar, temperature):
+    total, count = 0.0, 0
+    for b in range(d_opt.shape[0]):
+        inverse = np.linalg.inv(np.vstack([affine[b], [0, 0, 1]]))[:2]
+        for args in ((d_opt[b], d_sar[b], affine[b], valid[b], valid_sar[b]),
+                     (d_sar[b], d_opt[b], inverse, valid_sar[b], valid[b])):
+            t, n = reference_direction(*args, temperature)
+            total, count = total + t, count + n
     return total / count, count
 
 
@@ -202,7 +213,7 @@ def test_descriptor_loss_matches_a_float64_reference():
     got, count = descriptor_loss(jnp.asarray(d_opt, jnp.float32), jnp.asarray(d_sar, jnp.float32),
                                  jnp.asarray(affine, jnp.float32), jnp.asarray(valid),
                                  jnp.asarray(valid_sar), temperature=0.1)
-    assert int(count) == want_count < 32
+    assert 16 < int(count) == want_count < 64  # no-data and the rotation drop some queries
     assert float(got) == pytest.approx(want, rel=1e-4)
 
 
@@ -241,6 +252,25 @@ def test_the_registration_task_checks_its_examples():
         REGISTRATION.check_example(example | {"affine": np.eye(3)}, ("optical", "sar"))
     assert REGISTRATION.keys(("optical", "sar")) == (
         "optical", "sar_warped", "affine", "valid", "valid_warped")
+
+
+@pytest.mark.parametrize("section, key, value, problem", [
+    ("task", "protocol", "linear", "no registration form"),
+    ("task", "modalities", ("sar",), r"must be \('optical', 'sar'\)"),
+    ("task", "modality_dropout", 0.2, "modality_dropout must be 0"),
+])
+def test_registration_configs_name_what_cannot_register(section, key, value, problem):
+    from configs import finetune as finetune_configs
+    from mars_jax.train.finetune_config import FinetuneExperiment
+    from mars_jax.typed_config import ConfigError
+
+    config = finetune_configs.get_config("registration,tiny")
+    assert FinetuneExperiment.from_config(config).task.name == "registration"
+    config[section][key] = value
+    if value == "linear":
+        config.head.kind = "linear"  # past the probe's own head check, to the task's
+    with pytest.raises(ConfigError, match=f"task config: .*{problem}"):
+        FinetuneExperiment.from_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +314,8 @@ def test_register_writes_the_transform_the_registered_sar_and_pictures(tiny_regi
     assert saved["matches"] == len(result.src) > 0 and saved["stride"] == 2.0
     assert set(saved["scores"]) >= {"ncm", "rmse", "success", "precision", "recall",
                                     "corner_error"}
-    assert (tmp_path / "out" / "matches.png").is_file()
+    for name in ("matches.png", "checkerboard_unregistered.png"):
+        assert (tmp_path / "out" / name).is_file()
     if result.transform is not None:  # a random model may find none
         assert record["transform"] is not None
         for name in ("sar_registered.png", "checkerboard.png"):
@@ -294,6 +325,72 @@ def test_register_writes_the_transform_the_registered_sar_and_pictures(tiny_regi
             assert tif.transform == from_origin(500000, 4000000, 0.35, 0.35)
     with pytest.raises(FileNotFoundError, match="--sar"):
         read_pair(optical_path, tmp_path / "missing.png")
+
+
+def test_the_matches_picture_magnifies_small_pairs_and_draws_the_inliers():
+    from types import SimpleNamespace
+
+    from mars_jax.tasks.registration_pictures import matches_picture
+
+    optical = np.zeros((32, 32, 3), np.uint8)
+    sar = np.zeros((32, 32), np.uint8)
+    result = SimpleNamespace(src=np.array([[4.0, 10.0], [20.0, 20.0]]),
+                             dst=np.array([[4.0, 10.0], [30.0, 5.0]]),
+                             fit=SimpleNamespace(inliers=np.array([True, False])))
+    canvas = matches_picture(optical, sar, result, min_width=256)
+    assert canvas.shape == (128, 256, 3)  # 64 px wide side by side, magnified 4x
+    # The inlier's line runs along row (10 + 0.5) * 4 - 0.5 -> 42, x from 18 to 128 + 18; the
+    # outlier's (towards (30, 5) on the right) is not drawn.
+    assert (canvas[42, 20:140, 1] > 100).all()
+    assert (canvas[:30, 140:, 1] == 0).all() and (canvas[60:, :, 1] == 0).all()
+
+
+def _save_pair(folder, pair_id, scene, *, truth=True):
+    from PIL import Image
+
+    Image.fromarray(scene["optical"]).save(folder / f"{pair_id}_opt.png")
+    amplitude = np.clip(10 ** ((scene["sar_warped"][..., 0] + 40) / 20), 1, 255)
+    Image.fromarray(amplitude.astype(np.uint8)).save(folder / f"{pair_id}_sar.png")
+    if truth:
+        np.savetxt(folder / f"{pair_id}_H.txt", np.vstack([scene["affine"], [0, 0, 1]]))
+
+
+def test_a_guso_folder_registers_every_pair_and_scores_those_with_a_truth(tiny_registrar,
+                                                                         tmp_path):
+    from mars_jax.inference.registration import folder_pairs, register_folder
+    from mars_jax.register import register_pairs
+
+    pairs_dir = tmp_path / "pairs"
+    pairs_dir.mkdir()
+    for index, pair_id in enumerate(("a1", "b2")):
+        scene = render_pair(4, index, size=64, with_t2=False, with_registration=True)
+        _save_pair(pairs_dir, pair_id, scene, truth=pair_id == "a1")
+    (pairs_dir / "notes.txt").write_text("not an image")
+    pairs = folder_pairs(pairs_dir)
+    assert [(p.id, p.optical.name, p.sar.name, p.truth and p.truth.name) for p in pairs] == [
+        ("a1", "a1_opt.png", "a1_sar.png", "a1_H.txt"), ("b2", "b2_opt.png", "b2_sar.png", None)]
+    summary = register_folder(tiny_registrar, pairs, tmp_path / "out", progress=False)
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["pairs"] == 2 and saved["scored"] == 1 and saved["failed_to_read"] == 0
+    assert saved["scores"]["count"] == 1 and set(saved["records"]) == {"a1", "b2"}
+    assert saved["records"]["a1"]["scores"] is not None
+    assert saved["records"]["b2"]["scores"] is None
+    for pair_id in ("a1", "b2"):
+        assert (tmp_path / "out" / pair_id / "transform.json").is_file()
+    # Bad folders name the problem; the command line's usage errors exit 2.
+    (pairs_dir / "c3_opt.png").write_bytes((pairs_dir / "a1_opt.png").read_bytes())
+    with pytest.raises(ValueError, match=r"'c3': \['c3_opt.png'\]"):
+        folder_pairs(pairs_dir)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        folder_pairs(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"no \{id\}_opt.png"):
+        folder_pairs(tmp_path / "out")
+    lines = []
+    assert register_pairs(str(pairs_dir), "", workdir="w", log=lines.append) == 2
+    assert register_pairs(str(pairs_dir), str(tmp_path / "o"), log=lines.append) == 2
+    assert register_pairs(str(pairs_dir), str(tmp_path / "o"), checkpoint="c",
+                          log=lines.append) == 1 and "'c3'" in lines[-1]
 
 
 def test_the_registration_model_trains_both_encoders_and_its_head():
@@ -347,17 +444,11 @@ REGISTRATION_LR = 2e-3
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
-    from configs import finetune as finetune_configs
     from mars_jax.train.finetune import finetune
+    from tests.helpers import whole_finetune_config
 
     workdir = tmp_path_factory.mktemp("registration")
-    config = finetune_configs.get_config("registration,tiny")
-    config.total_steps = REGISTRATION_STEPS
-    config.optim.learning_rate = REGISTRATION_LR
-    config.eval.progress = False
-    config.log.progress = False
-    config.log.tensorboard = False
-    config.checkpoint.every_steps = 0
+    config = whole_finetune_config("registration,tiny", REGISTRATION_STEPS, REGISTRATION_LR)
     return workdir, finetune(config, workdir)
 
 
@@ -405,19 +496,17 @@ def test_the_register_command_line_on_a_fine_tuned_workdir(fine_tuned, tmp_path,
     import subprocess
     import sys
 
-    from PIL import Image
+    from mars_jax.register import register_pairs
 
     workdir, _ = fine_tuned
-    scene = render_pair(2, 5, 128, with_t2=False, with_registration=True)
-    Image.fromarray(scene["optical"]).save(tmp_path / "7_opt.png")
-    amplitude = np.clip(10 ** ((scene["sar_warped"][..., 0] + 40) / 20), 1, 255)
-    Image.fromarray(amplitude.astype(np.uint8)).save(tmp_path / "7_sar.png")
-    np.savetxt(tmp_path / "7_truth.txt", scene["affine"])
+    for index in (5, 6):
+        _save_pair(tmp_path, str(index), render_pair(2, index, 128, with_t2=False,
+                                                     with_registration=True))
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "mars_jax.register", f"--optical={tmp_path / '7_opt.png'}",
-         f"--sar={tmp_path / '7_sar.png'}", f"--out={out}", f"--workdir={workdir}",
-         "--config=configs/finetune.py:registration,tiny", f"--truth={tmp_path / '7_truth.txt'}"],
+        [sys.executable, "-m", "mars_jax.register", f"--optical={tmp_path / '5_opt.png'}",
+         f"--sar={tmp_path / '5_sar.png'}", f"--out={out}", f"--workdir={workdir}",
+         "--config=configs/finetune.py:registration,tiny", f"--truth={tmp_path / '5_H.txt'}"],
         cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "transform.json").read_text())
@@ -425,3 +514,11 @@ def test_the_register_command_line_on_a_fine_tuned_workdir(fine_tuned, tmp_path,
     assert record["scores"]["corner_error"] < 8.0
     for name in ("sar_registered.png", "checkerboard.png", "matches.png"):
         assert (out / name).is_file()
+    # The GUSO-layout folder of both pairs, in process.
+    lines = []
+    assert register_pairs(str(tmp_path), str(tmp_path / "folder_out"), workdir=str(workdir),
+                          config=f"{repo_root}/configs/finetune.py:registration,tiny",
+                          progress=False,
+                          log=lines.append) == 0, lines
+    summary = json.loads((tmp_path / "folder_out" / "scores.json").read_text())
+    assert summary["scored"] == 2 and summary["scores"]["corner_error"] < 8.0

@@ -21,6 +21,7 @@ from mars_jax.train.evaluate import baseline_value, evaluate
 from mars_jax.train.finetune_config import FinetuneExperiment
 from mars_jax.train.task_images import prediction_panel
 from mars_jax.typed_config import ConfigError
+from tests.helpers import whole_finetune_config
 
 SIZE = 64
 TASK = get_task("translation")
@@ -280,12 +281,7 @@ def test_the_panel_shows_sar_prediction_and_truth():
 def test_a_tiny_translation_finetune_beats_the_mean_colour_on_held_out_scenes(tmp_path):
     from mars_jax.train.finetune import RESULTS_FILE, finetune
 
-    config = finetune_configs.get_config("translation,tiny")
-    config.total_steps = 150
-    config.eval.progress = False
-    config.log.progress = False
-    config.log.tensorboard = False
-    config.checkpoint.every_steps = 0  # saved at the end all the same
+    config = whole_finetune_config("translation,tiny", 150)
     record = finetune(config, tmp_path)
     assert json.loads((tmp_path / RESULTS_FILE).read_text()) == record
     assert record["headline"] == "psnr" and set(record["metrics"]) == {"sar"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from flax import nnx
 
 from mars_jax.data import io
 from mars_jax.data.datasets.base import SarOptions, normalise_sar, to_optical, to_sar_db
-from mars_jax.metrics.registration import apply_transform, as_matrix
+from mars_jax.metrics.registration import RegistrationScores, apply_transform, as_matrix
 from mars_jax.tasks.matching import MatchSettings
 from mars_jax.tasks.registration import (
     FINE_TUNED,
@@ -168,7 +168,8 @@ def load_registrar(*, workdir: str | None = None, checkpoint: str | None = None,
 def write_outputs(out: Path, optical: Image, sar: Image, result: Registered,
                   about: dict[str, Any]) -> dict[str, Any]:
     """transform.json, sar_registered.png (+ .tif for a georeferenced optical image),
-    checkerboard.png and matches.png in ``out``; returns the JSON record."""
+    checkerboard.png (and checkerboard_unregistered.png, the SAR as it came) and matches.png
+    in ``out``; returns the JSON record."""
     from mars_jax.train.images import save_png
 
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +187,8 @@ def write_outputs(out: Path, optical: Image, sar: Image, result: Registered,
     }
     grey = sar_to_display(sar.pixels, sar.valid)
     save_png(out / "matches.png", matches_picture(optical.pixels, grey, result))
+    unregistered = resample_onto(np.eye(3), grey, size)  # the SAR as it came: the misfit
+    save_png(out / "checkerboard_unregistered.png", checkerboard(optical.pixels, unregistered))
     if transform is not None:
         registered = resample_onto(transform, grey, size)
         save_png(out / "sar_registered.png", registered)
@@ -212,3 +215,107 @@ def write_geotiff(path: Path, values: np.ndarray, meta: io.RasterMeta) -> None:
                        nodata=float("nan"), compress="deflate") as dst:
         dst.write(values.astype(np.float32), 1)
         dst.set_band_description(1, "SAR dB, registered onto the optical grid")
+
+
+def load_truth(path: str | Path) -> np.ndarray:
+    """A 2x3 or 3x3 transform (optical px -> SAR px) from a text file (whitespace or commas)
+    or a .npy file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ground-truth transform {path}: no such file")
+    matrix = np.load(file) if file.suffix == ".npy" else np.loadtxt(
+        file, delimiter="," if "," in file.read_text() else None)
+    matrix = np.asarray(matrix, np.float64)
+    if matrix.shape not in ((2, 3), (3, 3)):
+        raise ValueError(f"ground-truth transform {path}: a 2x3 or 3x3 matrix, got shape "
+                         f"{matrix.shape}")
+    return matrix
+
+
+# ------------------------------------------------------------------------------------------
+# GUSO-layout folders
+# ------------------------------------------------------------------------------------------
+OPTICAL_SUFFIX, SAR_SUFFIX = "_opt", "_sar"
+TRUTH_SUFFIXES = ("_H.txt", "_H.npy")  # a 3x3 (or 2x3) optical px -> SAR px transform
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFiles:
+    """One pair of a GUSO-layout folder: ``{id}_opt.*``, ``{id}_sar.*`` and, when given, the
+    ground-truth transform ``{id}_H.txt`` / ``{id}_H.npy``."""
+
+    id: str
+    optical: Path
+    sar: Path
+    truth: Path | None
+
+
+def folder_pairs(folder: str | Path) -> list[PairFiles]:
+    """The pairs of a GUSO-layout folder in id order; an id with only one of its two images,
+    or a folder with no pair, is an error naming the files."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--folder {folder}: no such folder")
+    images: dict[str, dict[str, Path]] = {}
+    for path in sorted(root.iterdir()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        for role, suffix in (("optical", OPTICAL_SUFFIX), ("sar", SAR_SUFFIX)):
+            if path.stem.endswith(suffix):
+                found = images.setdefault(path.stem[:-len(suffix)], {})
+                if role in found:
+                    raise ValueError(f"--folder {folder}: two {role} images for id "
+                                     f"{path.stem[:-len(suffix)]!r}: {found[role].name}, "
+                                     f"{path.name}")
+                found[role] = path
+    alone = {i: sorted(p.name for p in f.values()) for i, f in images.items() if len(f) != 2}
+    if alone:
+        raise ValueError(f"--folder {folder}: ids without both {OPTICAL_SUFFIX} and "
+                         f"{SAR_SUFFIX} images: {alone}")
+    if not images:
+        raise ValueError(f"--folder {folder}: no {{id}}{OPTICAL_SUFFIX}.png / "
+                         f"{{id}}{SAR_SUFFIX}.png pairs")
+    pairs = []
+    for pair_id, found in sorted(images.items()):
+        truths = [root / f"{pair_id}{s}" for s in TRUTH_SUFFIXES if (root / f"{pair_id}{s}"
+                                                                     ).is_file()]
+        pairs.append(PairFiles(pair_id, found["optical"], found["sar"],
+                               truths[0] if truths else None))
+    return pairs
+
+
+def register_folder(registrar: Registrar, pairs: Sequence[PairFiles], out: Path, *,
+                    model: str = "affine",
+                    threshold: float = 5.0, progress: bool = True) -> dict[str, Any]:
+    """Registers every pair into ``out/{id}/`` (as ``write_outputs``) and writes
+    ``out/scores.json``: GUSO's scores over the pairs with a ground truth (none: no scores),
+    and each pair's record. A pair that fails to read is recorded with its error and the
+    others go on."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    scores = RegistrationScores()
+    records: dict[str, Any] = {}
+    for pair in tqdm(pairs, desc="register", unit="pair", disable=not progress):
+        try:
+            optical, sar = read_pair(pair.optical, pair.sar)
+            truth = load_truth(pair.truth) if pair.truth else None
+        except (FileNotFoundError, ValueError) as error:
+            records[pair.id] = {"error": str(error)}
+            continue
+        result = registrar.register(optical, sar, model=model, threshold=threshold,
+                                    truth=truth)
+        record = write_outputs(out / pair.id, optical, sar, result, {})
+        records[pair.id] = {k: record[k] for k in ("transform", "matches", "inliers", "scores")}
+        if result.score is not None:
+            scores.update(result.score)
+    scored = len(scores.pairs)
+    summary = {"pairs": len(pairs), "scored": scored,
+               "failed_to_read": sum("error" in r for r in records.values()),
+               "scores": (None if not scored else
+                          {k: (v if np.isfinite(v) else None)
+                           for k, v in scores.compute().items()}),
+               **registrar.describe(), "records": records}
+    (out / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

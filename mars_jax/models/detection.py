@@ -41,12 +41,12 @@ from mars_jax.models.heads import (
     CHANNEL_AXIS,
     CLASSIFIER_INIT,
     FEATURE_AXIS,
-    NECKS,
     BackboneOutput,
     ConvNormAct,
     ViTNeck,
     _scaled,
     backbone_levels,
+    checked_pyramid_dims,
     conv,
     group_count,
     resize,
@@ -85,14 +85,7 @@ class CenterNetHead(nnx.Module):
                  head_channels: int = 64, out_stride: int = 4, norm_groups: int = 32,
                  neck: Literal["vit"] | None = "vit", dtype=jnp.float32,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
-        level_dims = tuple(int(d) for d in level_dims)
-        if not level_dims or min(level_dims) < 1:
-            raise ValueError(f"level_dims must be positive channel counts, got {level_dims}")
-        if neck not in NECKS:
-            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
-        if neck == "vit" and len(level_dims) not in (1, 4):
-            raise ValueError(f"the ViT neck needs 4 feature levels (or 1, repeated), got "
-                             f"{len(level_dims)}: level_dims {level_dims}")
+        level_dims, pyramid_dims = checked_pyramid_dims(level_dims, neck)
         if min(num_classes, channels, head_channels, out_stride) < 1:
             raise ValueError(f"num_classes, channels, head_channels and out_stride must be "
                              f"positive, got {num_classes}, {channels}, {head_channels}, "
@@ -101,7 +94,6 @@ class CenterNetHead(nnx.Module):
         self.level_dims = level_dims
         self.num_classes = int(num_classes)
         self.out_stride = int(out_stride)
-        pyramid_dims = level_dims * 4 if neck == "vit" and len(level_dims) == 1 else level_dims
         self.neck = ViTNeck(pyramid_dims, norm_groups=norm_groups, **kw) if neck else None
         groups = group_count(channels, norm_groups)
         # Laterals for every pyramid level; which are used depends on the strides (known at

@@ -330,6 +330,22 @@ class LinearHead(nnx.Module):
         return upsample_logits(self.proj(x), image_size)
 
 
+def checked_pyramid_dims(level_dims: Sequence[int], neck: str | None
+                         ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(level_dims, pyramid_dims)`` for a pyramid head, checked: the ViT neck takes 4
+    levels, or 1 repeated at every level; ``neck=None`` any hierarchy."""
+    level_dims = tuple(int(d) for d in level_dims)
+    if not level_dims or min(level_dims) < 1:
+        raise ValueError(f"level_dims must be positive channel counts, got {level_dims}")
+    if neck not in NECKS:
+        raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+    if neck == "vit" and len(level_dims) not in (1, 4):
+        raise ValueError(f"the ViT neck needs 4 feature levels (or 1, repeated), got "
+                         f"{len(level_dims)}: level_dims {level_dims}")
+    repeated = neck == "vit" and len(level_dims) == 1
+    return level_dims, level_dims * 4 if repeated else level_dims
+
+
 class UPerNetHead(nnx.Module):
     """UPerNet (Xiao et al. 2018) on backbone features, as mmseg's UPerHead / PANGAEA.
 
@@ -354,14 +370,7 @@ class UPerNetHead(nnx.Module):
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
                  norm_groups: int = 32, neck: Literal["vit"] | None = "vit",
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        level_dims = tuple(int(d) for d in level_dims)
-        if not level_dims or min(level_dims) < 1:
-            raise ValueError(f"level_dims must be positive channel counts, got {level_dims}")
-        if neck not in NECKS:
-            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
-        if neck == "vit" and len(level_dims) not in (1, 4):
-            raise ValueError(f"the ViT neck needs 4 feature levels (or 1, repeated), got "
-                             f"{len(level_dims)}: level_dims {level_dims}")
+        level_dims, pyramid_dims = checked_pyramid_dims(level_dims, neck)
         if num_outputs < 1 or channels < 1:
             raise ValueError(f"num_outputs and channels must be positive, got {num_outputs} "
                              f"and {channels}")
@@ -373,9 +382,7 @@ class UPerNetHead(nnx.Module):
         self.level_dims = level_dims
         self.num_outputs = num_outputs
         self.neck_kind = neck
-        pyramid_dims = level_dims
         if neck == "vit":
-            pyramid_dims = level_dims * 4 if len(level_dims) == 1 else level_dims
             self.neck = ViTNeck(pyramid_dims, norm_groups=norm_groups, **kw)
         else:
             self.neck = None

@@ -59,6 +59,15 @@ class DetectionTask(Task):
     def num_outputs(self) -> int:
         return len(self.classes)
 
+    def setup_problem(self, protocol: str, modalities: tuple[str, ...],
+                      modality_dropout: float) -> str | None:
+        del modalities, modality_dropout
+        if protocol == "linear":
+            return ("protocol 'linear' has no detection form (a 1x1 probe has no heatmap, size "
+                    "and offset branches); use 'frozen' (a frozen encoder with the CenterNet "
+                    f"head) for {self.name!r}")
+        return None
+
     @property
     def head_kind(self) -> str:
         return "centernet"

@@ -6,10 +6,12 @@ Its model is the backbone run once per modality (optical alone, then SAR alone, 
 dates of a bi-temporal task) and a ``DescriptorHead`` shared by both; the "logits" are the two
 descriptor maps concatenated, ``[B, H/s, W/s, 2 * dim]`` at the head's stride s = P / 4.
 
-Training (``descriptor_loss``): query points on the optical descriptor grid are mapped through
-the affine into the SAR image, where the SAR descriptors are sampled bilinearly; an InfoNCE
-over the points of each image (the others are the negatives, the nearest ones only a few
-pixels away) pulls each optical descriptor to its SAR twin, in both directions.
+Training (``descriptor_loss``): query cells on the optical descriptor grid are mapped through
+the affine into the SAR grid and classified over every SAR cell, the target the bilinear
+weights of the twin's 4 cells (a dense cross-entropy, as the fine matcher's nearest
+neighbour search); then SAR queries through the inverse into the optical grid. Every cell
+beside the twin is a negative, the one at the query's own grid position too: descriptors
+that matched by position (both encoders add the same position embedding) would not pay.
 
 Registration (``register``): coarse-to-fine matching of the two descriptor maps
 (``tasks.matching``), OpenCV's RANSAC, GUSO's scores (``metrics.registration``). Zero-shot,
@@ -39,62 +41,79 @@ TEMPERATURE = 0.1  # InfoNCE temperature of the descriptor loss
 MAX_POINTS = 256  # query points per image in the loss (a regular subsample of the grid)
 
 
-def _bilinear(grid: jax.Array, points: jax.Array) -> jax.Array:
-    """grid [h, w, D] sampled at [K, 2] fractional cell coordinates (x, y), edges clamped."""
-    h, w, _ = grid.shape
-    x = jnp.clip(points[:, 0], 0, w - 1)
-    y = jnp.clip(points[:, 1], 0, h - 1)
-    x0 = jnp.clip(jnp.floor(x), 0, w - 2).astype(jnp.int32)
-    y0 = jnp.clip(jnp.floor(y), 0, h - 2).astype(jnp.int32)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = grid[y0, x0] * (1 - fx) + grid[y0, x0 + 1] * fx
-    bottom = grid[y0 + 1, x0] * (1 - fx) + grid[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def query_step(rows: int, cols: int, max_points: int = MAX_POINTS) -> int:
     """Grid subsampling step that leaves at most ``max_points`` query cells."""
     return max(1, math.ceil(math.sqrt(rows * cols / max_points)))
 
 
+def _grid_cross_entropy(d_query: jax.Array, d_key: jax.Array, transform: jax.Array,
+                        v_query: jax.Array, v_key: jax.Array, r: jax.Array, c: jax.Array,
+                        stride: float, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """One image, one direction: the query cells (r, c) of ``d_query`` against every cell of
+    ``d_key``; the target is the bilinear weights of the query's twin (``transform``: query
+    px -> key px) over its 4 key cells, those without data dropped. (sum, count)."""
+    rows, cols, dim = d_key.shape
+    height, width = v_query.shape
+    pixels = (jnp.stack([c, r], -1).astype(jnp.float32) + 0.5) * stride - 0.5
+    cells = ((pixels @ transform[:, :2].T + transform[:, 2]) + 0.5) / stride - 0.5
+    inside = ((cells[:, 0] >= 0) & (cells[:, 0] <= cols - 1) & (cells[:, 1] >= 0)
+              & (cells[:, 1] <= rows - 1))
+    x = jnp.clip(cells[:, 0], 0, cols - 1)
+    y = jnp.clip(cells[:, 1], 0, rows - 1)
+    x0 = jnp.clip(jnp.floor(x), 0, cols - 2).astype(jnp.int32)
+    y0 = jnp.clip(jnp.floor(y), 0, rows - 2).astype(jnp.int32)
+    fx, fy = x - x0, y - y0
+    centre_rows = jnp.clip(jnp.round((jnp.arange(rows) + 0.5) * stride - 0.5), 0, height - 1)
+    centre_cols = jnp.clip(jnp.round((jnp.arange(cols) + 0.5) * stride - 0.5), 0, width - 1)
+    key_ok = v_key[centre_rows.astype(jnp.int32)][:, centre_cols.astype(jnp.int32)].reshape(-1)
+    target = jnp.zeros((len(r), rows * cols), jnp.float32)
+    for dy, dx, weight in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
+                           (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        target = target + weight[:, None] * jax.nn.one_hot((y0 + dy) * cols + x0 + dx,
+                                                           rows * cols)
+    target = jnp.where(key_ok[None, :], target, 0.0)
+    on_data = jnp.sum(target, axis=1)
+    own = v_query[jnp.clip(jnp.round(pixels[:, 1]).astype(jnp.int32), 0, height - 1),
+                  jnp.clip(jnp.round(pixels[:, 0]).astype(jnp.int32), 0, width - 1)]
+    counted = inside & own & (on_data >= 0.5)  # at least half the twin on data
+    target = target / jnp.maximum(on_data, 1e-6)[:, None]
+    logits = (d_query[r, c] @ d_key.reshape(-1, dim).T) / temperature
+    logits = jnp.where(key_ok[None, :], logits, -1e9)
+    per_query = -jnp.sum(target * jax.nn.log_softmax(logits, axis=1), axis=1)
+    return jnp.sum(jnp.where(counted, per_query, 0.0)), jnp.sum(counted)
+
+
+def _inverse_affine(affine: jax.Array) -> jax.Array:
+    linear_inv = jnp.linalg.inv(affine[:, :2])
+    return jnp.concatenate([linear_inv, -(linear_inv @ affine[:, 2:])], axis=1)
+
+
 def descriptor_loss(desc_optical: jax.Array, desc_sar: jax.Array, affine: jax.Array,
                     valid: jax.Array, valid_sar: jax.Array, *, temperature: float = TEMPERATURE,
                     max_points: int = MAX_POINTS) -> tuple[jax.Array, jax.Array]:
-    """Symmetric InfoNCE of optical query cells against their SAR twins (module docstring).
+    """Dense cross-entropy of query cells against every cell of the other image, both ways
+    (module docstring).
 
     desc_*: [B, h, w, D] unit descriptors at stride s = H / h; affine [B, 2, 3] optical px ->
-    SAR px; valid [B, H, W] (optical data), valid_sar [B, H, W] (SAR data). A query counts
-    when its optical pixel has data and its twin falls on SAR data inside the grid. Returns
-    (mean loss over counted queries, their number)."""
+    SAR px; valid [B, H, W] (optical data), valid_sar [B, H, W] (SAR data). Queries are a
+    regular subsample of at most ``max_points`` cells of each grid; every key cell with data is
+    a candidate, the twin's own 4 cells (bilinear weights) the target, so a cell beside the
+    twin, the same grid position included, is a negative: matching by position alone does
+    not pay. A query counts when its pixel has data and at least half its twin's weight falls
+    on cells with data. Returns (mean over counted queries of both directions, their
+    number)."""
     _, rows, cols, _ = desc_optical.shape
-    height, width = valid.shape[1:3]
-    stride = height / rows
+    stride = valid.shape[1] / rows
     step = query_step(rows, cols, max_points)
     r, c = jnp.meshgrid(jnp.arange(step // 2, rows, step), jnp.arange(step // 2, cols, step),
                         indexing="ij")
     r, c = r.reshape(-1), c.reshape(-1)
-    pixels = (jnp.stack([c, r], -1).astype(jnp.float32) + 0.5) * stride - 0.5
 
     def one(d_opt, d_sar, a, v, v_sar):
-        mapped = pixels @ a[:, :2].T + a[:, 2]
-        cells = (mapped + 0.5) / stride - 0.5
-        keys = normalize(_bilinear(d_sar, cells))
-        queries = d_opt[r, c]
-        px = jnp.round(mapped).astype(jnp.int32)
-        inside = ((cells[:, 0] >= 0) & (cells[:, 0] <= cols - 1) & (cells[:, 1] >= 0)
-                  & (cells[:, 1] <= rows - 1))
-        on_data = v_sar[jnp.clip(px[:, 1], 0, height - 1), jnp.clip(px[:, 0], 0, width - 1)]
-        counted = inside & on_data & v[jnp.clip(jnp.round(pixels[:, 1]).astype(jnp.int32), 0,
-                                                height - 1),
-                                       jnp.clip(jnp.round(pixels[:, 0]).astype(jnp.int32), 0,
-                                                width - 1)]
-        logits = (queries @ keys.T) / temperature
-        logits = jnp.where(counted[None, :] & counted[:, None], logits, -1e9)
-        diag = jnp.diagonal(logits)
-        forward = jax.nn.logsumexp(logits, axis=1) - diag
-        backward = jax.nn.logsumexp(logits, axis=0) - diag
-        per_query = 0.5 * (forward + backward)
-        return jnp.sum(jnp.where(counted, per_query, 0.0)), jnp.sum(counted)
+        forward = _grid_cross_entropy(d_opt, d_sar, a, v, v_sar, r, c, stride, temperature)
+        backward = _grid_cross_entropy(d_sar, d_opt, _inverse_affine(a), v_sar, v, r, c,
+                                       stride, temperature)
+        return forward[0] + backward[0], forward[1] + backward[1]
 
     total, count = jax.vmap(one)(desc_optical, desc_sar, affine.astype(jnp.float32),
                                  valid.astype(bool), valid_sar.astype(bool))
@@ -112,6 +131,18 @@ class RegistrationTask(Task):
     @property
     def num_outputs(self) -> int:
         return self.dim
+
+    def setup_problem(self, protocol: str, modalities: tuple[str, ...],
+                      modality_dropout: float) -> str | None:
+        if protocol == "linear":
+            return ("protocol 'linear' has no registration form; use 'frozen' (a frozen "
+                    "encoder with the descriptor head)")
+        if tuple(modalities) != ("optical", "sar"):
+            return ("registration matches an optical image to a SAR image: task.modalities "
+                    f"must be ('optical', 'sar'), got {tuple(modalities)}")
+        if modality_dropout:
+            return "registration needs both images of every pair: task.modality_dropout must be 0"
+        return None
 
     @property
     def head_kind(self) -> str:

@@ -41,20 +41,28 @@ def checkerboard(optical: np.ndarray, sar_grey: np.ndarray, squares: int = 8) ->
     return np.where(use_sar[..., None], np.repeat(sar_grey[..., None], 3, -1), optical)
 
 
-def matches_picture(optical: np.ndarray, sar_grey: np.ndarray, result,
-                    limit: int = 200) -> np.ndarray:
-    """Optical | SAR side by side with up to ``limit`` inlier matches drawn (green)."""
+def matches_picture(optical: np.ndarray, sar_grey: np.ndarray, result, limit: int = 80,
+                    min_width: int = 768) -> np.ndarray:
+    """Optical | SAR side by side with up to ``limit`` inlier matches drawn (green lines,
+    spread evenly over the inliers), magnified by a whole factor to at least ``min_width``
+    pixels so that a small pair's lines stay readable."""
     h = max(optical.shape[0], sar_grey.shape[0])
     left = np.zeros((h, optical.shape[1], 3), np.uint8)
     left[:optical.shape[0]] = optical
     right = np.zeros((h, sar_grey.shape[1], 3), np.uint8)
     right[:sar_grey.shape[0]] = sar_grey[..., None]
-    canvas = np.ascontiguousarray(np.concatenate([left, right], axis=1))
+    canvas = np.concatenate([left, right], axis=1)
+    zoom = max(1, -(-min_width // canvas.shape[1]))
+    canvas = np.ascontiguousarray(np.repeat(np.repeat(canvas, zoom, 0), zoom, 1))
     inliers = np.flatnonzero(result.fit.inliers)
-    step = max(1, len(inliers) // limit)
-    for i in inliers[::step]:
-        ax, ay = np.rint(result.src[i]).astype(int)
-        bx, by = np.rint(result.dst[i]).astype(int)
-        a, b = (int(ax), int(ay)), (int(bx) + optical.shape[1], int(by))
-        cv2.line(canvas, a, b, (0, 220, 0), 1, cv2.LINE_AA)
+    chosen = inliers[np.linspace(0, len(inliers) - 1, min(limit, len(inliers))).astype(int)] \
+        if len(inliers) else inliers
+    for i in chosen:
+        a = np.rint((np.asarray(result.src[i]) + 0.5) * zoom - 0.5).astype(int)
+        b = np.rint((np.asarray(result.dst[i]) + 0.5) * zoom - 0.5).astype(int)
+        b[0] += optical.shape[1] * zoom
+        cv2.line(canvas, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), (0, 220, 0), 1,
+                 cv2.LINE_AA)
+        for point in (a, b):
+            cv2.circle(canvas, (int(point[0]), int(point[1])), 2, (255, 220, 0), -1)
     return canvas

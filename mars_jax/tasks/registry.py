@@ -67,6 +67,17 @@ class Task:
     headline: str = "miou"
     higher_is_better: bool = True
     activation: str | None = None  # the head's output activation, when the task fixes it
+    # Why a linear probe cannot serve the task and what to use instead (None: it can).
+    no_linear_probe: str | None = None
+
+    def setup_problem(self, protocol: str, modalities: tuple[str, ...],
+                      modality_dropout: float) -> str | None:
+        """What makes a fine-tuning setup wrong for this task, said to the user (None:
+        nothing); checked with the config, before anything is built."""
+        del modalities, modality_dropout  # every modality set serves the dense tasks
+        if protocol == "linear" and self.no_linear_probe:
+            return f"protocol 'linear' {self.no_linear_probe}"
+        return None
 
     @property
     def dates(self) -> int:
@@ -261,13 +272,18 @@ TASKS: dict[str, Task] = {
                    classes=DAMAGE_NAMES, headline="miou"),
     "change": Task("change", "change", "change",
                    {"optical": "optical", "sar": "sar", "optical_t2": "optical_t2",
-                    "sar_t2": "sar_t2"}, classes=("no change", "change"), headline="f1"),
+                    "sar_t2": "sar_t2"}, classes=("no change", "change"), headline="f1",
+                   no_linear_probe="has no bi-temporal form; use 'frozen' (a frozen encoder "
+                   "with the change head) for 'change'"),
     "building_height": Task("building_height", "regression", "height", _one_date("height"),
                             headline="rmse", higher_is_better=False),
     "roads": Task("roads", "binary", "road", _one_date("road"),
                   classes=("background", "road"), headline="iou"),
     "translation": Task("translation", "translation", label="optical", inputs={"sar": "sar"},
-                        headline="psnr", activation="sigmoid"),
+                        headline="psnr", activation="sigmoid",
+                        no_linear_probe="cannot decode an image (a 1x1 probe of patch tokens, "
+                        "upsampled); use 'frozen' (a frozen encoder with the UPerNet decoder) "
+                        "for 'translation'"),
 }
 
 

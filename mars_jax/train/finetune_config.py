@@ -248,32 +248,13 @@ class FinetuneExperiment:
         if sections["task"].protocol == "linear" and sections["head"].kind != "linear":
             raise ConfigError("head config: kind must be 'linear' for task.protocol='linear' "
                               f"(a linear probe), got {sections['head'].kind!r}")
-        if sections["task"].protocol == "linear" and sections["task"].name == "change":
-            raise ConfigError("task config: protocol 'linear' has no bi-temporal form; use "
-                              "'frozen' (a frozen encoder with the change head) for 'change'")
-        if sections["task"].protocol == "linear" and sections["task"].name == "translation":
-            raise ConfigError("task config: protocol 'linear' cannot decode an image (a 1x1 "
-                              "probe of patch tokens, upsampled); use 'frozen' (a frozen "
-                              "encoder with the UPerNet decoder) for 'translation'")
         from mars_jax.tasks import TASKS
 
-        if sections["task"].protocol == "linear" and TASKS[sections["task"].name].kind == \
-                "detection":
-            raise ConfigError("task config: protocol 'linear' has no detection form (a 1x1 "
-                              "probe has no heatmap, size and offset branches); use 'frozen' "
-                              f"(a frozen encoder with the CenterNet head) for "
-                              f"{sections['task'].name!r}")
-        if sections["task"].name == "registration":
-            if sections["task"].protocol == "linear":
-                raise ConfigError("task config: protocol 'linear' has no registration form; "
-                                  "use 'frozen' (a frozen encoder with the descriptor head)")
-            if tuple(sections["task"].modalities) != ("optical", "sar"):
-                raise ConfigError("task config: registration matches an optical image to a "
-                                  "SAR image: task.modalities must be ('optical', 'sar'), got "
-                                  f"{tuple(sections['task'].modalities)}")
-            if sections["task"].modality_dropout:
-                raise ConfigError("task config: registration needs both images of every "
-                                  "pair: task.modality_dropout must be 0")
+        task_section = sections["task"]
+        problem = TASKS[task_section.name].setup_problem(
+            task_section.protocol, tuple(task_section.modalities), task_section.modality_dropout)
+        if problem:
+            raise ConfigError(f"task config: {problem}")
         fixed = TASKS[sections["task"].name].activation
         if fixed and sections["head"].activation not in (None, fixed):
             raise ConfigError(f"head config: activation must be {fixed!r} (or None) for task "
