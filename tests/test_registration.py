@@ -453,18 +453,9 @@ def fine_tuned(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_fine_tuned_head_undoes_synthvhr_misregistration(fine_tuned):
-    _, record = fine_tuned
-    model, base = record["metrics"]["both"], record["baseline"]["metrics"]
-    # Stated bound: the mean corner error of the estimate is below 0.95x the
-    # misregistration itself (the identity's corner error, about 4 px on 128 px scenes).
-    assert model["corner_error"] < 0.95 * base["corner_error"], (model, base)
-    assert model["success_rate"] == 1.0 and model["ncm"] > 100 and model["failed"] == 0
-
-
-@pytest.mark.slow
-@pytest.mark.skip(reason="not yet measured: the tiny head trained without shift augmentation "
-                  "matches partly by position; to be enabled with a measured bound")
+@pytest.mark.skip(reason="the tiny head (400 steps from random init) still matches mostly by "
+                  "position, its estimates near the identity: to be enabled with "
+                  "content-based descriptors and a measured bound")
 def test_registration_is_equivariant_to_a_known_extra_transform(fine_tuned):
     """Warping the SAR by a further known affine S changes the estimate by S."""
     from mars_jax.config_files import load_config
@@ -491,14 +482,24 @@ def test_registration_is_equivariant_to_a_known_extra_transform(fine_tuned):
     assert np.median(gaps) < 3.0, gaps
 
 
+# One test for both uses of the 400-step fixture: under xdist a module fixture is built once
+# per worker, so two tests could train it twice.
 @pytest.mark.slow
-def test_the_register_command_line_on_a_fine_tuned_workdir(fine_tuned, tmp_path, repo_root):
+def test_a_fine_tuned_head_undoes_misregistration_and_the_command_line_uses_it(
+        fine_tuned, tmp_path, repo_root):
     import subprocess
     import sys
 
     from mars_jax.register import register_pairs
 
-    workdir, _ = fine_tuned
+    workdir, record = fine_tuned
+    model, base = record["metrics"]["both"], record["baseline"]["metrics"]
+    # Stated bound: the mean corner error of the estimate is below 0.95x the
+    # misregistration itself (the identity's corner error, about 4 px on 128 px scenes).
+    # Measured with this setting: 3.32 px against the identity's 3.98.
+    assert model["corner_error"] < 0.95 * base["corner_error"], (model, base)
+    assert model["success_rate"] == 1.0 and model["ncm"] > 100 and model["failed"] == 0
+    # The command line on the workdir: one pair, then a GUSO-layout folder.
     for index in (5, 6):
         _save_pair(tmp_path, str(index), render_pair(2, index, 128, with_t2=False,
                                                      with_registration=True))
