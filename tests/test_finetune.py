@@ -195,15 +195,11 @@ def test_command_line_finetunes_from_a_pretraining_checkpoint_resumes_and_evalua
                     *TINY)
     assert done.returncode == 2 and "needs ['sar']" in done.stderr
     # The same pretraining checkpoint registers a pair zero-shot (its CGCL patch embeddings).
-    from PIL import Image
-
     from mars_jax.data.synth import render_pair
     from mars_jax.register import register_files
+    from tests.test_registration import save_pair
 
-    scene = render_pair(2, 0, 64, with_t2=False, with_registration=True)
-    Image.fromarray(scene["optical"]).save(tmp_path / "0_opt.png")
-    sar = np.clip(10 ** ((scene["sar_warped"][..., 0] + 40) / 20), 1, 255).astype(np.uint8)
-    Image.fromarray(sar).save(tmp_path / "0_sar.png")
+    save_pair(tmp_path, "0", render_pair(2, 0, 64, with_t2=False, with_registration=True))
     lines = []
     status = register_files(str(tmp_path / "0_opt.png"), str(tmp_path / "0_sar.png"),
                             str(tmp_path / "zero_shot"), checkpoint=str(pre),

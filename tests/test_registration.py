@@ -297,15 +297,13 @@ def test_register_writes_the_transform_the_registered_sar_and_pictures(tiny_regi
     from mars_jax.inference.registration import read_pair, write_outputs
 
     scene = render_pair(3, 0, size=64, with_t2=False, with_registration=True)
-    optical_path, sar_path = tmp_path / "pre.tif", tmp_path / "post.png"
+    optical_path = tmp_path / "pre.tif"
     with rasterio.open(optical_path, "w", driver="GTiff", width=60, height=60, count=3,
                        dtype="uint8", crs="EPSG:32633",
                        transform=from_origin(500000, 4000000, 0.35, 0.35)) as dst:
         dst.write(np.moveaxis(scene["optical"][:60, :60], -1, 0))
-    from PIL import Image
-
-    amplitude = np.clip(10 ** ((scene["sar_warped"][..., 0] + 40) / 20), 1, 255)
-    Image.fromarray(amplitude.astype(np.uint8)).save(sar_path)
+    save_pair(tmp_path, "post", scene, truth=False)
+    sar_path = tmp_path / "post_sar.png"
     optical, sar = read_pair(optical_path, sar_path)
     assert optical.pixels.shape == (60, 60, 3) and sar.pixels.shape == (64, 64, 1)
     result = tiny_registrar.register(optical, sar, truth=scene["affine"])
@@ -345,7 +343,9 @@ def test_the_matches_picture_magnifies_small_pairs_and_draws_the_inliers():
     assert (canvas[:30, 140:, 1] == 0).all() and (canvas[60:, :, 1] == 0).all()
 
 
-def _save_pair(folder, pair_id, scene, *, truth=True):
+def save_pair(folder, pair_id, scene, *, truth=True):
+    """A SynthVHR registration scene as a GUSO-layout pair: the optical PNG, the warped SAR
+    as 8-bit amplitude DN (20 log10 DN - 40 dB), and its 3x3 truth when asked."""
     from PIL import Image
 
     Image.fromarray(scene["optical"]).save(folder / f"{pair_id}_opt.png")
@@ -364,7 +364,7 @@ def test_a_guso_folder_registers_every_pair_and_scores_those_with_a_truth(tiny_r
     pairs_dir.mkdir()
     for index, pair_id in enumerate(("a1", "b2")):
         scene = render_pair(4, index, size=64, with_t2=False, with_registration=True)
-        _save_pair(pairs_dir, pair_id, scene, truth=pair_id == "a1")
+        save_pair(pairs_dir, pair_id, scene, truth=pair_id == "a1")
     (pairs_dir / "notes.txt").write_text("not an image")
     pairs = folder_pairs(pairs_dir)
     assert [(p.id, p.optical.name, p.sar.name, p.truth and p.truth.name) for p in pairs] == [
@@ -501,7 +501,7 @@ def test_a_fine_tuned_head_undoes_misregistration_and_the_command_line_uses_it(
     assert model["success_rate"] == 1.0 and model["ncm"] > 100 and model["failed"] == 0
     # The command line on the workdir: one pair, then a GUSO-layout folder.
     for index in (5, 6):
-        _save_pair(tmp_path, str(index), render_pair(2, index, 128, with_t2=False,
+        save_pair(tmp_path, str(index), render_pair(2, index, 128, with_t2=False,
                                                      with_registration=True))
     out = tmp_path / "out"
     done = subprocess.run(

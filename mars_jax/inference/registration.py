@@ -180,9 +180,8 @@ def write_outputs(out: Path, optical: Image, sar: Image, result: Registered,
         "inverse": None if transform is None else np.linalg.inv(as_matrix(transform)).tolist(),
         "convention": "optical pixel (x, y, 1) -> SAR pixel; pixel centres at integers",
         "matches": len(result.src), "inliers": int(result.fit.inliers.sum()),
-        "scores": None if result.score is None else {
-            k: (v if np.isfinite(v) else None)
-            for k, v in dataclasses.asdict(result.score).items()},
+        "scores": None if result.score is None else _json_scores(
+            dataclasses.asdict(result.score)),
         "optical_size": list(size), "sar_size": list(sar.valid.shape), **about,
     }
     grey = sar_to_display(sar.pixels, sar.valid)
@@ -202,6 +201,11 @@ def write_outputs(out: Path, optical: Image, sar: Image, result: Registered,
         record["corners_in_sar"] = corners.tolist()
     (out / "transform.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _json_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    """Scores for JSON: an infinite or NaN value (no transform, no match) as null."""
+    return {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
 
 
 def write_geotiff(path: Path, values: np.ndarray, meta: io.RasterMeta) -> None:
@@ -313,9 +317,7 @@ def register_folder(registrar: Registrar, pairs: Sequence[PairFiles], out: Path,
     scored = len(scores.pairs)
     summary = {"pairs": len(pairs), "scored": scored,
                "failed_to_read": sum("error" in r for r in records.values()),
-               "scores": (None if not scored else
-                          {k: (v if np.isfinite(v) else None)
-                           for k, v in scores.compute().items()}),
+               "scores": _json_scores(scores.compute()) if scored else None,
                **registrar.describe(), "records": records}
     (out / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

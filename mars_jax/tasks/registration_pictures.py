@@ -55,8 +55,7 @@ def matches_picture(optical: np.ndarray, sar_grey: np.ndarray, result, limit: in
     zoom = max(1, -(-min_width // canvas.shape[1]))
     canvas = np.ascontiguousarray(np.repeat(np.repeat(canvas, zoom, 0), zoom, 1))
     inliers = np.flatnonzero(result.fit.inliers)
-    chosen = inliers[np.linspace(0, len(inliers) - 1, min(limit, len(inliers))).astype(int)] \
-        if len(inliers) else inliers
+    chosen = inliers[np.linspace(0, len(inliers) - 1, min(limit, len(inliers))).astype(int)]
     for i in chosen:
         a = np.rint((np.asarray(result.src[i]) + 0.5) * zoom - 0.5).astype(int)
         b = np.rint((np.asarray(result.dst[i]) + 0.5) * zoom - 0.5).astype(int)
