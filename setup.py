@@ -42,9 +42,14 @@ setup(
         "opencv-python-headless>=4.8",  # registration: RANSAC affine / homography fits, warps
         "dm-pix>=0.4",  # translation: PSNR and SSIM in JAX
         "faster-coco-eval>=1.6",  # detection: COCO mAP
+        "safetensors>=0.4",  # bundles: per-module weights
+        "flatbuffers>=23",  # jax.export serialisation (bundles' serving artifacts)
     ],
     extras_require={
+        "onnx": ["jax2onnx>=0.17", "onnxruntime>=1.20"],  # python -m mars_jax.export --onnx
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3",
-                 "scikit-image>=0.21"],  # scikit-image: an independent SSIM reference
+                 "scikit-image>=0.21",  # scikit-image: an independent SSIM reference
+                 "jax2onnx>=0.17", "onnxruntime>=1.20",  # the ONNX export test
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],  # the notebook test
     },
 )

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def user_errors_exit() -> Iterator[None]:
     """A bad config value exits 2 ("config error: ..."); a checkpoint that cannot be written,
-    restored or converted, a missing file, bad dataset files or examples exit 1 ("error: ...")."""
+    restored or converted, a bad bundle, a missing file, bad dataset files or examples exit 1
+    ("error: ...")."""
     from mars_jax.typed_config import ConfigError
 
     try:
@@ -19,13 +20,14 @@ def user_errors_exit() -> Iterator[None]:
         raise SystemExit(2) from None
     except (OSError, ValueError, RuntimeError) as error:
         from mars_jax.data.datasets import DatasetError
+        from mars_jax.export.manifest import BundleError
         from mars_jax.tasks import ExampleError
         from mars_jax.train.checkpoint import CheckpointLayoutError, CheckpointSaveError
         from mars_jax.train.loop import CheckpointRestoreError
 
         if not isinstance(error, CheckpointSaveError | CheckpointLayoutError
                           | CheckpointRestoreError | FileNotFoundError | DatasetError
-                          | ExampleError):
+                          | ExampleError | BundleError):
             raise
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

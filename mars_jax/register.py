@@ -1,14 +1,16 @@
 r"""Registers a SAR image onto an optical image, or every pair of a GUSO-layout folder.
 
   python -m mars_jax.register --optical A.tif --sar B.tif --out DIR \
-      (--workdir FINETUNED --config configs/finetune.py:registration,tiny | --checkpoint PRETRAIN)
+      (--workdir FINETUNED | --bundle BUNDLE | --checkpoint PRETRAIN)
       [--model affine|homography] [--truth T.txt] [--threshold 5]
-  python -m mars_jax.register --folder PAIRS --out DIR (--workdir ... | --checkpoint ...)
+  python -m mars_jax.register --folder PAIRS --out DIR (--workdir | --bundle | --checkpoint ...)
 
-``--workdir``: a ``registration`` fine-tuning workdir (its newest checkpoint and the config it
-was trained with): the fine-tuned descriptor head. ``--checkpoint``: a pretraining workdir or
-step folder: zero-shot, the CGCL embeddings of the pretrained encoders (``--config`` then
-names the pretraining variant, default ``configs/pretrain.py:tiny``).
+``--workdir``: a ``registration`` fine-tuning workdir (its newest checkpoint; ``--config`` only
+for a workdir without config.json): the fine-tuned descriptor head. ``--bundle``: a bundle of
+one (``python -m mars_jax.export``), or an encoders / model bundle for zero-shot matching.
+``--checkpoint``: a pretraining workdir or step folder: zero-shot, the CGCL embeddings of the
+pretrained encoders (``--config`` then names the pretraining variant, default
+``configs/pretrain.py:tiny``).
 
 Writes into DIR:
   transform.json   the transform (optical pixel (x, y, 1) -> SAR pixel), its inverse, the
@@ -49,9 +51,12 @@ def define_flags() -> None:
                         "and --sar)")
     flags.DEFINE_string("sar", None, "SAR image (GeoTIFF, PNG)")
     flags.DEFINE_string("out", None, "output folder")
-    flags.DEFINE_string("workdir", None, "registration fine-tuning workdir (with --config)")
+    flags.DEFINE_string("workdir", None, "registration fine-tuning workdir")
     flags.DEFINE_string("checkpoint", None, "pretraining workdir or step folder: zero-shot")
-    flags.DEFINE_string("config", None, "config file[:arg] of the workdir / checkpoint")
+    flags.DEFINE_string("bundle", None, "a bundle (python -m mars_jax.export): a registration "
+                        "task bundle, or an encoders / model bundle for zero-shot matching")
+    flags.DEFINE_string("config", None, "config file[:arg] of a workdir without config.json, "
+                        "or of --checkpoint")
     flags.DEFINE_enum("model", "affine", ["affine", "homography"],
                       "transform fitted by RANSAC")
     flags.DEFINE_float("threshold", 5.0, "RANSAC inlier threshold (px)")
@@ -59,7 +64,8 @@ def define_flags() -> None:
 
 
 def register_files(optical: str, sar: str, out: str, *, workdir: str | None = None,
-                   checkpoint: str | None = None, config: str | None = None,
+                   checkpoint: str | None = None, bundle: str | None = None,
+                   config: str | None = None,
                    model: str = "affine", threshold: float = 5.0, truth: str | None = None,
                    log=print) -> int:
     """The command's work for one pair; returns its exit status (0 registered, 1 bad input,
@@ -74,13 +80,14 @@ def register_files(optical: str, sar: str, out: str, *, workdir: str | None = No
     if not optical or not sar or not out:
         log("register: --optical and --sar (or --folder), and --out are required")
         return 2
-    if usage := _source_problem(workdir, checkpoint):
+    if usage := _source_problem(workdir, checkpoint, bundle):
         log(usage)
         return 2
     try:
         optical_image, sar_image = read_pair(optical, sar)
         matrix = load_truth(truth) if truth else None
-        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, config=config)
+        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, bundle=bundle,
+                                   config=config)
     except (FileNotFoundError, ValueError) as error:
         log(f"register: {error}")
         return 1
@@ -97,7 +104,8 @@ def register_files(optical: str, sar: str, out: str, *, workdir: str | None = No
 
 
 def register_pairs(folder: str, out: str, *, workdir: str | None = None,
-                   checkpoint: str | None = None, config: str | None = None,
+                   checkpoint: str | None = None, bundle: str | None = None,
+                   config: str | None = None,
                    model: str = "affine", threshold: float = 5.0, progress: bool = True,
                    log=print) -> int:
     """The command's work for a GUSO-layout folder; returns its exit status (0 every pair
@@ -107,12 +115,13 @@ def register_pairs(folder: str, out: str, *, workdir: str | None = None,
     if not out:
         log("register: --out is required")
         return 2
-    if usage := _source_problem(workdir, checkpoint):
+    if usage := _source_problem(workdir, checkpoint, bundle):
         log(usage)
         return 2
     try:
         pairs = folder_pairs(folder)
-        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, config=config)
+        registrar = load_registrar(workdir=workdir, checkpoint=checkpoint, bundle=bundle,
+                                   config=config)
     except (FileNotFoundError, ValueError) as error:
         log(f"register: {error}")
         return 1
@@ -128,9 +137,11 @@ def register_pairs(folder: str, out: str, *, workdir: str | None = None,
     return 0
 
 
-def _source_problem(workdir: str | None, checkpoint: str | None) -> str | None:
-    if bool(workdir) == bool(checkpoint):
-        return ("register: give one of --workdir (fine-tuned registration) or --checkpoint "
+def _source_problem(workdir: str | None, checkpoint: str | None, bundle: str | None
+                    ) -> str | None:
+    if sum(bool(x) for x in (workdir, checkpoint, bundle)) != 1:
+        return ("register: give one of --workdir (fine-tuned registration), --bundle or "
+                "--checkpoint "
                 "(pretrained encoders, zero-shot)")
     return None
 
@@ -145,11 +156,13 @@ def main(argv) -> int:
                   "--optical, --sar and --truth", file=sys.stderr)
             return 2
         return register_pairs(FLAGS.folder, FLAGS.out, workdir=FLAGS.workdir,
-                              checkpoint=FLAGS.checkpoint, config=FLAGS.config,
+                              checkpoint=FLAGS.checkpoint, bundle=FLAGS.bundle,
+                              config=FLAGS.config,
                               model=FLAGS.model, threshold=FLAGS.threshold,
                               log=lambda line: print(line, file=sys.stderr))
     return register_files(FLAGS.optical, FLAGS.sar, FLAGS.out, workdir=FLAGS.workdir,
-                          checkpoint=FLAGS.checkpoint, config=FLAGS.config, model=FLAGS.model,
+                          checkpoint=FLAGS.checkpoint, bundle=FLAGS.bundle,
+                              config=FLAGS.config, model=FLAGS.model,
                           threshold=FLAGS.threshold, truth=FLAGS.truth,
                           log=lambda line: print(line, file=sys.stderr))
 

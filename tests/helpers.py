@@ -111,3 +111,23 @@ def whole_finetune_config(spec: str, steps: int, learning_rate: float | None = N
     config.log.tensorboard = False
     config.checkpoint.every_steps = 0  # saved at the end all the same
     return config
+
+
+def tiny_finetune_config(task: str, protocol: str = "full", *, steps: int = 2,
+                         image_size: int = 32):
+    """A fine-tuning config of a few steps at tiny shapes (32 px crops, an 8-channel head)."""
+    from configs import finetune as finetune_configs
+
+    config = finetune_configs.get_config(f"{task},tiny,{protocol}")
+    config.total_steps = steps
+    config.input.image_size = image_size
+    config.data.synth_size = 2 * image_size
+    config.data.synth_scenes = 64
+    config.head.channels = 8
+    config.head.norm_groups = 4
+    config.eval.scenes = 2
+    config.eval.synth_size = 2 * image_size
+    config.eval.progress = False
+    config.log.progress = False
+    config.log.tensorboard = False
+    return config

@@ -24,23 +24,8 @@ from mars_jax.train.finetune import (
     model_and_optimizer,
     pretrained_state,
 )
+from tests.helpers import tiny_finetune_config as tiny_config
 from tests.helpers import whole_finetune_config
-
-
-def tiny_config(task: str, protocol: str = "full", *, steps: int = 2, image_size: int = 32):
-    config = finetune_configs.get_config(f"{task},tiny,{protocol}")
-    config.total_steps = steps
-    config.input.image_size = image_size
-    config.data.synth_size = 2 * image_size
-    config.data.synth_scenes = 64
-    config.head.channels = 8
-    config.head.norm_groups = 4
-    config.eval.scenes = 2
-    config.eval.synth_size = 2 * image_size
-    config.eval.progress = False
-    config.log.progress = False
-    config.log.tensorboard = False
-    return config
 
 
 def test_frozen_protocol_trains_the_head_only_and_keeps_the_encoder_bit_identical():
@@ -170,6 +155,12 @@ def test_command_line_finetunes_from_a_pretraining_checkpoint_resumes_and_evalua
     record = json.loads((work / RESULTS_FILE).read_text())
     assert record["step"] == 2 and record["init_checkpoint"] == str(pre / "checkpoints" / "2")
     assert "encoder loaded from" in done.stdout
+    # Both runs recorded their config (W/config.json): a workdir names its model.
+    from mars_jax.train.workdir import read_run_config
+
+    assert read_run_config(pre).config.total_steps == 2 and not read_run_config(pre).task
+    assert read_run_config(work).task.name == "landcover"
+    assert read_run_config(work).config.input.image_size == 32
     # Re-run: nothing to do. A longer run resumes from the saved step.
     done = run_main(repo_root, "--mode=finetune", *common, "--config.total_steps=2")
     assert done.returncode == 0 and "nothing to do" in done.stdout

@@ -278,7 +278,7 @@ def test_the_baseline_is_the_training_majority_scored_like_the_model():
 
 # -- plans over real layouts and shards (no compilation) ---------------------------------------
 def _plan_config(task: str, **data):
-    from tests.test_finetune import tiny_config
+    from tests.helpers import tiny_finetune_config as tiny_config
 
     config = tiny_config(task)
     config.input.batch_size = 8

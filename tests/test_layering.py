@@ -7,7 +7,7 @@ sits: module level, inside functions, under ``if TYPE_CHECKING``, relative or ab
 Layers, top to bottom (a layer may import only the layers above it):
 
   typed_config, parallel, config_files -> data -> models -> losses -> metrics -> tasks
-  -> train, inference, export -> main
+  -> train, inference, export -> main (and every package's ``__main__``)
 
 and, stricter than the order: models and losses know nothing of data or training, data knows
 nothing of models.
@@ -85,8 +85,11 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
 
 
 def part_of(module: str) -> str | None:
-    """``mars_jax.models.vit`` -> ``models``; the bare package -> None."""
+    """``mars_jax.models.vit`` -> ``models``; the bare package -> None. A package's
+    ``__main__`` (``python -m mars_jax.export``) is a command line: the entry points' layer."""
     parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "main"
     return parts[1] if len(parts) > 1 else None
 
 

@@ -430,6 +430,8 @@ def test_register_names_bad_input(tmp_path):
     assert register_files("a.png", "", str(tmp_path), log=lines.append) == 2
     assert register_files("a.png", "b.png", str(tmp_path), workdir="w", checkpoint="c",
                           log=lines.append) == 2
+    assert register_files("a.png", "b.png", str(tmp_path), bundle="b", checkpoint="c",
+                          log=lines.append) == 2 and "--bundle" in lines[-1]
     assert register_files(str(tmp_path / "a.png"), "b.png", str(tmp_path), checkpoint="c",
                           log=lines.append) == 1
     assert "--optical" in lines[-1] and "no such file" in lines[-1]
@@ -515,11 +517,20 @@ def test_a_fine_tuned_head_undoes_misregistration_and_the_command_line_uses_it(
     assert record["scores"]["corner_error"] < 8.0
     for name in ("sar_registered.png", "checkerboard.png", "matches.png"):
         assert (out / name).is_file()
-    # The GUSO-layout folder of both pairs, in process.
+    # The workdir as a bundle (python -m mars_jax.export): the same descriptors and matches.
+    from mars_jax.export.bundle import export_bundle
+    from mars_jax.register import register_files
+
+    export_bundle(workdir, tmp_path / "bundle", serving=False, log=lambda _: None)
     lines = []
+    assert register_files(str(tmp_path / "5_opt.png"), str(tmp_path / "5_sar.png"),
+                          str(tmp_path / "bundle_out"), bundle=str(tmp_path / "bundle"),
+                          truth=str(tmp_path / "5_H.txt"), log=lines.append) == 0, lines
+    from_bundle = json.loads((tmp_path / "bundle_out" / "transform.json").read_text())
+    assert from_bundle["matches"] == record["matches"]
+    assert from_bundle["scores"]["corner_error"] < 8.0
+    # The GUSO-layout folder of both pairs, in process (the workdir's own config.json).
     assert register_pairs(str(tmp_path), str(tmp_path / "folder_out"), workdir=str(workdir),
-                          config=f"{repo_root}/configs/finetune.py:registration,tiny",
-                          progress=False,
-                          log=lines.append) == 0, lines
+                          progress=False, log=lines.append) == 0, lines
     summary = json.loads((tmp_path / "folder_out" / "scores.json").read_text())
     assert summary["scored"] == 2 and summary["scores"]["corner_error"] < 8.0

@@ -135,23 +135,34 @@ def zero_shot_registrar(encoder) -> Registrar:
 
 
 def load_registrar(*, workdir: str | None = None, checkpoint: str | None = None,
-                   config: str | None = None) -> Registrar:
-    """The registrar of a fine-tuning workdir (``config``: its fine-tuning config) or, zero
-    shot, of a pretraining checkpoint (``config``: its pretraining config, default tiny)."""
+                   bundle: str | None = None, config: str | None = None) -> Registrar:
+    """The registrar of a registration fine-tuning workdir or task bundle (the fine-tuned
+    head), or, zero shot, of a pretraining checkpoint or an encoders / model bundle.
+    ``config``: the run's config file, for workdirs without W/config.json (a pretraining
+    checkpoint's default: configs/pretrain.py:tiny)."""
     from mars_jax.config_files import load_config
 
-    if workdir is not None:
-        from mars_jax.train.finetune import restore_finetuned
+    if bundle is not None:
+        from mars_jax.export.bundle import read_bundle
 
-        if not config:
-            raise ValueError("--workdir needs the --config it was fine-tuned with, e.g. "
-                             "configs/finetune.py:registration,tiny")
-        cfg = load_config(config)
-        model, _ = restore_finetuned(cfg, workdir)
-        if model.task.name != "registration":
-            raise ValueError(f"--workdir {workdir} was fine-tuned for {model.task.name!r}, "
-                             "not registration")
-        return fine_tuned_registrar(model)
+        loaded = read_bundle(bundle)
+        if loaded.what != "task":
+            return zero_shot_registrar(loaded.encoder)
+        if loaded.model.task.name != "registration":
+            raise ValueError(f"--bundle {bundle} holds a {loaded.model.task.name!r} head, not "
+                             "registration; export a registration workdir, or an encoders "
+                             "bundle for zero-shot matching")
+        return fine_tuned_registrar(loaded.model)
+    if workdir is not None:
+        from mars_jax.train.workdir import load_workdir_model
+
+        loaded = load_workdir_model(workdir, config=load_config(config) if config else None)
+        task = loaded.task
+        if task is None or task.name != "registration":
+            raise ValueError(f"--workdir {workdir} was "
+                             + (f"fine-tuned for {task.name!r}" if task else "pretrained")
+                             + ", not fine-tuned for registration (zero-shot: --checkpoint)")
+        return fine_tuned_registrar(loaded.model)
     from mars_jax.models.encoder import MaRSEncoder
     from mars_jax.train.config import Experiment
     from mars_jax.train.pretrained import load_encoder

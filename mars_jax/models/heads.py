@@ -257,7 +257,7 @@ class ViTNeck(nnx.Module):
             raise ValueError(f"the ViT neck max-pools the deepest level by 2, its grid "
                              f"{tuple(f3.shape[1:3])} is smaller than 2x2")
         p0 = self.up4_b(jax.nn.gelu(self.up4_norm(self.up4_a(f0)), approximate=False))
-        p3 = nnx.max_pool(f3, (2, 2), strides=(2, 2), padding="VALID")
+        p3 = nnx.max_pool(f3, window_shape=(2, 2), strides=(2, 2), padding="VALID")
         return p0, self.up2(f1), f2, p3
 
 
@@ -427,7 +427,9 @@ class UPerNetHead(nnx.Module):
         outs.append(laterals[-1])
         finest = tuple(outs[0].shape[1:3])
         x = self.fuse(jnp.concatenate([resize(o, finest) for o in outs], axis=-1))
-        return self.classifier(self.dropout(x, rngs=rngs))
+        if rngs is not None:  # training; without a stream (eval) dropout is the identity
+            x = self.dropout(x, rngs=rngs)
+        return self.classifier(x)
 
     def __call__(self, backbone_out: BackboneOutput, *, image_size: tuple[int, int],
                  rngs: nnx.Rngs | None = None) -> jax.Array:

@@ -48,6 +48,7 @@ from mars_jax.train.finetune_optim import finetune_schedule, layer_scales, make_
 from mars_jax.train.loop import Preemption, Reporter, check_finite, itstime, restore_or_init
 from mars_jax.train.pretrain import accumulated_gradients, check_batch_layout, initial_state
 from mars_jax.train.pretrained import load_encoder, step_folder
+from mars_jax.train.workdir import write_run_config
 from mars_jax.typed_config import ConfigError
 
 __all__ = ["FinetunePlan", "evaluate_checkpoint", "finetune", "make_finetune_plan"]
@@ -456,6 +457,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | Path, *, log=prin
     exp, mesh, total = plan.experiment, plan.mesh, plan.experiment.total_steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    write_run_config(workdir, config, plan.task)
     results_path = workdir / RESULTS_FILE
     if results_path.exists():
         done = json.loads(results_path.read_text())

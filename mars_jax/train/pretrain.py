@@ -40,6 +40,7 @@ from mars_jax.train.metrics import CORRUPT_METRIC
 from mars_jax.train.objective import LossConfig, pretraining_loss
 from mars_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from mars_jax.train.shard_check import check_ingest_summary
+from mars_jax.train.workdir import write_run_config
 
 __all__ = ["NonFiniteError", "Plan", "initial_state", "jit_train_step", "make_plan",
            "make_train_step", "model_and_optimizer", "train"]
@@ -308,6 +309,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *, log=print,
     exp, mesh, total = plan.experiment, plan.mesh, plan.experiment.total_steps
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    write_run_config(workdir, config)
 
     # ---- Model and optimiser state, born in their shardings ------------------------------
     graphdef, abstract_state, shardings, create = model_and_optimizer(plan, exp.seed, total)
