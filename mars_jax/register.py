@@ -141,8 +141,7 @@ def _source_problem(workdir: str | None, checkpoint: str | None, bundle: str | N
                     ) -> str | None:
     if sum(bool(x) for x in (workdir, checkpoint, bundle)) != 1:
         return ("register: give one of --workdir (fine-tuned registration), --bundle or "
-                "--checkpoint "
-                "(pretrained encoders, zero-shot)")
+                "--checkpoint (pretrained encoders, zero-shot)")
     return None
 
 
@@ -162,7 +161,7 @@ def main(argv) -> int:
                               log=lambda line: print(line, file=sys.stderr))
     return register_files(FLAGS.optical, FLAGS.sar, FLAGS.out, workdir=FLAGS.workdir,
                           checkpoint=FLAGS.checkpoint, bundle=FLAGS.bundle,
-                              config=FLAGS.config, model=FLAGS.model,
+                          config=FLAGS.config, model=FLAGS.model,
                           threshold=FLAGS.threshold, truth=FLAGS.truth,
                           log=lambda line: print(line, file=sys.stderr))
 

@@ -66,17 +66,10 @@ def export_onnx(bundle, folder: str | os.PathLike, *, log=print) -> dict[str, An
     docstring); returns config.json's ``onnx`` section."""
     from mars_jax.inference import functions
 
-    has_head = bundle.what == "task"
     graphdef, state = nnx.split(bundle.model)
     entries = {}
-    for name, serving in bundle.config["serving"].items() if bundle.config["serving"] else ():
-        kind = name.split("_", 1)[0]
-        if kind == "embed":
-            fused = bundle.fused
-            run = lambda m, x, fused=fused: functions.embed(m.encoder if has_head else m, x,
-                                                            fused=fused)
-        else:
-            run = functions.predict
+    for name, serving in bundle.config["serving"].items():
+        run = functions.SERVED[name.split("_", 1)[0]]
         fn = lambda inputs, run=run: run(nnx.merge(graphdef, state), inputs)
         path = Path(folder) / ONNX_DIR / f"{name}.onnx"
         try:

@@ -90,10 +90,6 @@ def image_inputs(names: tuple[str, ...], size: int, optical_channels: int,
     return spec
 
 
-def load_exported(path: str | os.PathLike) -> jax.export.Exported:
-    return jax.export.deserialize(bytearray(Path(path).read_bytes()))
-
-
 def export_serving(bundle, folder: str | os.PathLike, *, log=print) -> dict[str, Any]:
     """Exports ``embed_{modalities}`` for each modality set and, for a task bundle,
     ``predict_{modalities}`` for each set the task predicts from; returns config.json's
@@ -104,10 +100,8 @@ def export_serving(bundle, folder: str | os.PathLike, *, log=print) -> dict[str,
     model_config = config["model"]
     channels = (model_config["optical_channels"], model_config["sar_channels"])
     weights = bundle.weights()
-    fused = bundle.fused
-    embed = lambda module, inputs: functions.embed(module.encoder if has_head else module,
-                                                   inputs, fused=fused)
-    jobs = [(f"embed_{functions.set_name(s)}", embed, s) for s in functions.EMBED_SETS]
+    jobs = [(f"embed_{functions.set_name(s)}", functions.embed, s)
+            for s in functions.EMBED_SETS]
     if has_head:
         task = bundle.task
         jobs += [(f"predict_{functions.set_name(s)}", functions.predict,

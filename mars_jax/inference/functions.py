@@ -35,12 +35,14 @@ def _masked_mean(tokens: jax.Array, weights: jax.Array) -> jax.Array:
     return (tokens * w).sum((1, 2)) / w.sum((1, 2))
 
 
-def embed(encoder, inputs: Mapping[str, jax.Array], *, fused: bool = True
-          ) -> dict[str, jax.Array]:
-    """``inputs``: ``optical`` [B, H, W, 3] uint8 and / or ``sar`` [B, H, W, C] dB, and
-    ``valid`` [B, H, W] (optional). Returns ``{m}`` [B, h, w, D_e] and ``global_{m}`` [B, D_e]
-    per modality m given, ``patch_valid`` [B, h, w] and, with ``fused``, ``fused`` [B, h, w,
-    D] and ``global_fused`` [B, D]."""
+def embed(model, inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """``model``: a ``MaRSEncoder`` or a ``TaskModel`` (its encoder embeds). ``inputs``:
+    ``optical`` [B, H, W, 3] uint8 and / or ``sar`` [B, H, W, C] dB, and ``valid`` [B, H, W]
+    (optional). Returns ``{m}`` [B, h, w, D_e] and ``global_{m}`` [B, D_e] per modality m
+    given, ``patch_valid`` [B, h, w] and, when the encoder has MMA layers, ``fused``
+    [B, h, w, D] and ``global_fused`` [B, D]."""
+    encoder = getattr(model, "encoder", model)
+    fused = encoder.config.mma_layers > 0
     optical, sar = inputs.get("optical"), inputs.get("sar")
     out = encoder.encode(optical, sar, valid=inputs.get("valid"), fuse=fused)
     rows, cols = out.grid
@@ -80,3 +82,6 @@ def predict(model, inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         return {m: model_descriptors(model, inputs[m], m, inputs.get("valid")).astype(
             jnp.float32) for m in MODALITIES if m in inputs}
     return {"outputs": model(dict(inputs)).astype(jnp.float32)}
+
+
+SERVED = {"embed": embed, "predict": predict}  # the serving functions' kinds

@@ -55,7 +55,6 @@ class Predictor:
         self.task: Task | None = getattr(model, "task", None)
         self.encoder = model.encoder if self.task is not None else model
         self.patch_size = self.encoder.config.patch_size
-        self.fused = self.encoder.config.mma_layers > 0
         self.batch_size = batch_size
         self.mesh = parallel.create_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
         graphdef, state = nnx.split(model)
@@ -72,9 +71,7 @@ class Predictor:
         [B, h, w] and, when the model has MMA, ``fused`` [B, h, w, D] / ``global_fused``.
         Unbatched inputs give unbatched outputs."""
         inputs, single = self._inputs({"optical": optical, "sar": sar}, valid)
-        fused = self.fused
-        out = self._run("embed", lambda m, x: functions.embed(
-            m.encoder if self.task is not None else m, x, fused=fused), inputs, batch_size)
+        out = self._run("embed", functions.embed, inputs, batch_size)
         return {k: v[0] for k, v in out.items()} if single else out
 
     def predict(self, optical: np.ndarray | None = None, sar: np.ndarray | None = None, *,

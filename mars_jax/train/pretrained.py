@@ -22,13 +22,8 @@ from mars_jax.train.workdir import step_folder as _step_folder
 def step_folder(checkpoint: str | os.PathLike, step: int | None = None) -> Path:
     """A step folder from a pretraining workdir, its ``checkpoints/`` folder or a step folder
     (``step``: that step; None: the newest)."""
-    try:
-        return _step_folder(checkpoint, step)
-    except FileNotFoundError as error:
-        if "no step" in str(error):
-            raise FileNotFoundError(f"init checkpoint {error}") from None
-        raise FileNotFoundError(f"init checkpoint {checkpoint}: no pretraining checkpoint (a "
-                                "workdir, its checkpoints/ folder or a step folder)") from None
+    return _step_folder(checkpoint, step, name=f"init checkpoint {checkpoint}",
+                        kind="pretraining checkpoint")
 
 
 def load_encoder(encoder: MaRSEncoder, checkpoint: str | os.PathLike,

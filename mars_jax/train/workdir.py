@@ -94,28 +94,29 @@ def read_run_config(workdir: str | os.PathLike,
     """``W/config.json``, or ``config`` (the config the run was launched with) for a workdir
     written before runs recorded theirs."""
     path = Path(workdir) / RUN_CONFIG_FILE
-    if config is not None:
-        record = json.loads(path.read_text()) if path.is_file() else {}
-        task = record.get("task") if record else None
-        if task is None and "task" in config:
-            task = {"name": config.task.name}
-        return RunConfig(config, None if task is None else task_from_record(task))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{workdir}: no {RUN_CONFIG_FILE} (runs write it when they start); pass the "
-            "config the run was launched with, e.g. config='configs/finetune.py:landcover,tiny'")
-    record = json.loads(path.read_text())
-    values = ml_collections.ConfigDict(record["config"])
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if config is None:
+        if not record:
+            raise FileNotFoundError(
+                f"{workdir}: no {RUN_CONFIG_FILE} (runs write it when they start); pass the "
+                "config the run was launched with, e.g. "
+                "config='configs/finetune.py:landcover,tiny'")
+        config = ml_collections.ConfigDict(record["config"])
     task = record.get("task")
-    return RunConfig(values, None if task is None else task_from_record(task))
+    if task is None and "task" in config:  # a fine-tuning config given for an older workdir
+        task = {"name": config.task.name}
+    return RunConfig(config, None if task is None else task_from_record(task))
 
 
 # ------------------------------------------------------------------------------------------
 # Parameters-only restores
 # ------------------------------------------------------------------------------------------
-def step_folder(workdir: str | os.PathLike, step: int | None = None) -> Path:
+def step_folder(workdir: str | os.PathLike, step: int | None = None, *,
+                name: str | None = None, kind: str = "checkpoint") -> Path:
     """A step folder of a workdir, its ``checkpoints/`` folder or a step folder itself
-    (``step``: that step; None: the newest)."""
+    (``step``: that step; None: the newest). Errors read ``{name}: no {kind} ...`` (``name``:
+    the path)."""
+    name = str(workdir) if name is None else name
     path = Path(workdir)
     if (path / "state").is_dir():
         return path
@@ -123,12 +124,12 @@ def step_folder(workdir: str | os.PathLike, step: int | None = None) -> Path:
     steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.is_dir() else []
     if not steps:
-        raise FileNotFoundError(f"{workdir}: no checkpoint (a workdir, its checkpoints/ "
-                                "folder or a step folder)")
+        raise FileNotFoundError(f"{name}: no {kind} (a workdir, its checkpoints/ folder or "
+                                "a step folder)")
     if step is None:
         return folder / str(steps[-1])
     if step not in steps:
-        raise FileNotFoundError(f"{workdir}: no step {step} (steps: {steps})")
+        raise FileNotFoundError(f"{name}: no step {step} (steps: {steps})")
     return folder / str(step)
 
 
