@@ -44,6 +44,7 @@ setup(
         "faster-coco-eval>=1.6",  # detection: COCO mAP
         "safetensors>=0.4",  # bundles: per-module weights
         "flatbuffers>=23",  # jax.export serialisation (bundles' serving artifacts)
+        "shapely>=2.0",  # disaster response: building polygons from the damage map
     ],
     extras_require={
         "onnx": ["jax2onnx>=0.17", "onnxruntime>=1.20"],  # python -m mars_jax.export --onnx

@@ -132,11 +132,15 @@ for i, tile in enumerate(row):
 display(panel)  # optical | SAR | PCA of the fused embeddings"""),
     ("md", """## Predict on a GeoTIFF pair
 
-The pair is written as GeoTIFFs (UTM, 0.35 m pixels), read back with rasterio, predicted, and
-the class map written as a GeoTIFF with the same CRS and geotransform. This is whole-image
-prediction: streaming tiled inference over scenes too large for memory is not built yet."""),
+The pair is written as GeoTIFFs (UTM, 0.35 m pixels) and predicted as a whole scene is
+(`python -m mars_jax.predict`): windows read, predicted, blended and written tile by tile
+into a Cloud-Optimized GeoTIFF with the same CRS and geotransform, so the same cell runs on
+a scene of any size."""),
     ("code", """import rasterio
 from rasterio.transform import from_origin
+
+from mars_jax.data.scene import open_scene
+from mars_jax.inference.tiled import make_plan, predict_scene
 
 transform = from_origin(500000.0, 4100000.0, 0.35, 0.35)
 profile = dict(driver="GTiff", height=256, width=256, crs="EPSG:32633", transform=transform)
@@ -145,18 +149,14 @@ with rasterio.open(WORK / "optical.tif", "w", count=3, dtype="uint8", **profile)
 with rasterio.open(WORK / "sar.tif", "w", count=1, dtype="float32", **profile) as f:
     f.write(sar[..., 0][None])
 
-with rasterio.open(WORK / "optical.tif") as f:
-    rgb, meta = np.moveaxis(f.read(), 0, -1), f.profile
-with rasterio.open(WORK / "sar.tif") as f:
-    db = f.read(1)[..., None]
-prediction = predictor.predict(optical=rgb[None], sar=db[None])
-labels = prediction.labels[0].astype(np.uint8)
-out_profile = meta | dict(count=1, dtype="uint8", compress="deflate", nodata=255)
-with rasterio.open(WORK / "landcover.tif", "w", **out_profile) as f:
-    f.write(labels[None])
-    f.update_tags(classes=",".join(predictor.task.classes))
+with open_scene(WORK / "optical.tif", WORK / "sar.tif") as pair:
+    plan = make_plan(predictor, pair)  # tiles of the bundle's image size, a quarter overlap
+    done = predict_scene(predictor, pair, WORK / "landcover.tif", plan, overwrite=True)
+print(done.tiles, "tiles,", round(done.pixels_per_second), "px/s")
 with rasterio.open(WORK / "landcover.tif") as f:
-    print(f.crs, f.transform == transform, f.tags()["classes"])"""),
+    labels = f.read(1)
+    print(f.crs, f.transform == transform, f.tags()["CLASS_NAMES"])
+rgb = optical"""),
     ("code", """from mars_jax.train.task_images import class_palette
 
 palette = class_palette(len(predictor.task.classes))
@@ -174,25 +174,21 @@ figure.save(WORK / "notebook_inference.png")
 print("accuracy vs truth:", float((labels == scene["landcover"]).mean().round(3)))"""),
     ("md", """## Your own files
 
-Set `OWN_OPTICAL` / `OWN_SAR` above to GeoTIFFs of the same grid (co-registered; SAR
-backscatter in dB, or linear power, which is converted). Sides are cropped to a multiple of
-the patch size; either modality alone works (`predict(sar=...)`)."""),
+Set `OWN_OPTICAL` / `OWN_SAR` above to GeoTIFFs of any size; either modality alone works. A
+SAR image on another grid or CRS is warped onto the optical one; its unit (dB, amplitude or
+intensity) is decided as the dataset loaders decide it. The prediction is streamed into
+`own_prediction.tif`; the picture is a decimated read of it."""),
     ("code", """if OWN_OPTICAL or OWN_SAR:
-    p = predictor.patch_size
-    inputs = {}
-    if OWN_OPTICAL:
-        with rasterio.open(OWN_OPTICAL) as f:
-            inputs["optical"] = np.moveaxis(f.read([1, 2, 3]), 0, -1).astype(np.uint8)
-    if OWN_SAR:
-        with rasterio.open(OWN_SAR) as f:
-            band = f.read(1).astype(np.float32)
-        if np.nanmax(band) > 0:  # linear power -> dB
-            band = 10 * np.log10(np.maximum(band, 1e-6))
-        inputs["sar"] = band[..., None]
-    h, w = next(iter(inputs.values())).shape[:2]
-    inputs = {k: v[: h - h % p, : w - w % p][None] for k, v in inputs.items()}
-    mine = predictor.predict(**inputs)
-    display(Image.fromarray(palette[mine.labels[0]].astype(np.uint8)))"""),
+    from rasterio.enums import Resampling
+
+    with open_scene(OWN_OPTICAL or None, OWN_SAR or None) as own:
+        mine = predict_scene(predictor, own, WORK / "own_prediction.tif",
+                             make_plan(predictor, own), overwrite=True)
+    with rasterio.open(mine.path) as f:
+        scale = max(1, max(f.height, f.width) // 1024)
+        small = f.read(1, out_shape=(f.height // scale, f.width // scale),
+                       resampling=Resampling.nearest)
+    display(Image.fromarray(palette[np.where(small == 255, 0, small)].astype(np.uint8)))"""),
 ]
 
 

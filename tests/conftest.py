@@ -52,6 +52,20 @@ def terramesh_dir() -> Path:
     return TERRAMESH_DIR
 
 
+@pytest.fixture(scope="session")
+def damage_bundle(tmp_path_factory) -> Path:
+    """A tiny damage bundle (``python -m mars_jax.export`` of a workdir written as fine-tuning
+    writes it, from perturbed initial parameters: no training step), for the whole-scene and
+    disaster-response tests (one xdist group, so one worker builds it once)."""
+    from mars_jax.export.bundle import export_bundle
+    from tests.helpers import save_finetuning, tiny_finetune_config
+
+    root = tmp_path_factory.mktemp("damage")
+    save_finetuning(root / "work", tiny_finetune_config("damage"))
+    export_bundle(root / "work", root / "bundle", serving=False, log=lambda _: None)
+    return root / "bundle"
+
+
 def pytest_configure(config):
     # grain worker processes read absl flags; under pytest nobody parses them.
     from absl import flags

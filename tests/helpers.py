@@ -131,3 +131,20 @@ def tiny_finetune_config(task: str, protocol: str = "full", *, steps: int = 2,
     config.log.progress = False
     config.log.tensorboard = False
     return config
+
+
+def save_finetuning(workdir, config, step=3, seed=5):
+    """A fine-tuning workdir as ``finetune`` writes it (its plan, state, input and
+    config.json), from perturbed initial parameters: no training step runs."""
+    from mars_jax.train.checkpoint import Checkpointer
+    from mars_jax.train.finetune import make_finetune_plan, make_input, model_and_optimizer
+    from mars_jax.train.workdir import write_run_config
+
+    plan = make_finetune_plan(config, jax.devices()[:1])
+    _, _, _, create = model_and_optimizer(plan, config.total_steps)
+    model, optimizer = create()
+    perturb_params(model, seed=seed)
+    checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
+    checkpointer.save(step, nnx.state((model, optimizer)), iter(make_input(plan)))
+    checkpointer.close()
+    write_run_config(workdir, config, plan.task)

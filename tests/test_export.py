@@ -27,15 +27,12 @@ from mars_jax.export.weights import load_part
 from mars_jax.models import MaRSConfig
 from mars_jax.train.checkpoint import Checkpointer
 from mars_jax.train.finetune import (
-    make_finetune_plan,
-    make_input,
-    model_and_optimizer,
     restore_finetuned,
 )
 from mars_jax.train.forward import new_pretrainer
 from mars_jax.train.objective import LossConfig
 from mars_jax.train.workdir import read_run_config, write_run_config
-from tests.helpers import perturb_params, tiny_finetune_config
+from tests.helpers import perturb_params, save_finetuning, tiny_finetune_config
 
 ONE = jax.devices()[:1]
 TOL = 1e-5
@@ -62,18 +59,6 @@ def save_pretraining(workdir, config, step=5):
     checkpointer.close()
     write_run_config(workdir, config)
     return model.encoder
-
-
-def save_finetuning(workdir, config, step=3):
-    """A fine-tuning workdir as ``finetune`` writes it (its plan, state and input)."""
-    plan = make_finetune_plan(config, ONE)
-    _, _, _, create = model_and_optimizer(plan, config.total_steps)
-    model, optimizer = create()
-    perturb_params(model, seed=5)
-    checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
-    checkpointer.save(step, nnx.state((model, optimizer)), iter(make_input(plan)))
-    checkpointer.close()
-    write_run_config(workdir, config, plan.task)
 
 
 def images(count=3, size=32, seed=0):

@@ -32,7 +32,7 @@ LAYER_ORDER = (
     ("metrics",),
     ("tasks",),
     ("train", "inference", "export"),
-    ("main", "register", "ablation", "cli_errors"),
+    ("main", "register", "predict", "respond", "ablation", "cli_errors"),
 )
 LEVEL = {part: i for i, parts in enumerate(LAYER_ORDER) for part in parts}
 FOUNDATION = {"typed_config", "parallel", "config_files"}

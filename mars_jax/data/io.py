@@ -6,7 +6,8 @@ Readers
 pillow and carry no georeferencing; every other file (GeoTIFF first of all) is read with
 rasterio, keeping CRS, affine transform, nodata value, dtype and band descriptions. A file that
 cannot be read completely (missing, not an image, truncated) raises ``RasterReadError`` naming it.
-Whole scenes are read into memory.
+Whole rasters are read into memory (``data.scene`` reads scenes window by window, with
+these conversions decided once per scene).
 
 Bands are chosen by 1-based number, as in GDAL and rasterio, or by band description (``VV``).
 
@@ -39,7 +40,8 @@ Optical -> uint8 RGB (``optical_to_uint8``)
    files with ``select_bands``).
 2. uint8 is kept as is. Other dtypes: with ``scale``, ``round(x * scale)`` clipped to [0, 255];
    without, a per-band linear stretch mapping the 2nd..98th percentiles of the scene's valid
-   pixels to 0..255 (computed on the whole scene, so all its tiles share one stretch).
+   pixels to 0..255 (computed on the whole scene, so all its tiles share one stretch; or given
+   as ``limits``, from ``stretch_limits`` of a decimated read of a scene too large to load).
 3. No-data: a pixel is no-data where all its bands equal the declared nodata or any band is NaN
    or +-inf; its RGB is set to 0. Alpha and mask bands come with the metadata
    (``RasterMeta.mask``). ``border_black`` finds the black fill of rotated display images: black
@@ -155,17 +157,29 @@ def _read_with_rasterio(path: Path) -> tuple[np.ndarray, RasterMeta]:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as dataset:
             array = np.moveaxis(dataset.read(), 0, -1)
-            georeferenced = dataset.crs is not None
-            meta = RasterMeta(
-                path=path, height=dataset.height, width=dataset.width, count=dataset.count,
-                dtype=str(array.dtype),
-                crs=dataset.crs.to_string() if georeferenced else None,
-                transform=tuple(dataset.transform)[:6] if georeferenced else None,
-                nodata=dataset.nodata, descriptions=tuple(dataset.descriptions),
-                units=tuple(dataset.units), tags=dict(dataset.tags()),
-                scales=tuple(dataset.scales), offsets=tuple(dataset.offsets),
-                mask=_mask_band(dataset), alpha_band=_alpha_band(dataset))
+            meta = dataset_meta(dataset, path, mask=_mask_band(dataset))
     return array, meta
+
+
+def dataset_meta(dataset, path: Path, *, mask: np.ndarray | None = None) -> RasterMeta:
+    """An open rasterio dataset's ``RasterMeta`` (without reading its pixels)."""
+    georeferenced = dataset.crs is not None
+    return RasterMeta(
+        path=path, height=dataset.height, width=dataset.width, count=dataset.count,
+        dtype=str(np.dtype(dataset.dtypes[0])),
+        crs=dataset.crs.to_string() if georeferenced else None,
+        transform=tuple(dataset.transform)[:6] if georeferenced else None,
+        nodata=dataset.nodata, descriptions=tuple(dataset.descriptions),
+        units=tuple(dataset.units), tags=dict(dataset.tags()),
+        scales=tuple(dataset.scales), offsets=tuple(dataset.offsets),
+        mask=mask, alpha_band=_alpha_band(dataset))
+
+
+def has_mask_band(dataset) -> bool:
+    """Whether validity comes from an alpha or mask band (not the nodata value)."""
+    flags = {flag for band_flags in dataset.mask_flag_enums for flag in band_flags}
+    return _alpha_band(dataset) is not None or (
+        MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags)
 
 
 def _alpha_band(dataset) -> int | None:
@@ -175,11 +189,7 @@ def _alpha_band(dataset) -> int | None:
 
 def _mask_band(dataset) -> np.ndarray | None:
     """Valid pixels by the file's alpha or mask band (not its nodata value: handled apart)."""
-    alpha = _alpha_band(dataset) is not None
-    flags = {flag for band_flags in dataset.mask_flag_enums for flag in band_flags}
-    if alpha or (MaskFlags.per_dataset in flags and MaskFlags.nodata not in flags):
-        return dataset.dataset_mask() > 0
-    return None
+    return dataset.dataset_mask() > 0 if has_mask_band(dataset) else None
 
 
 def _read_with_pillow(path: Path) -> tuple[np.ndarray, RasterMeta]:
@@ -232,6 +242,20 @@ def transforms_match(a: Sequence[float], b: Sequence[float], pixel_tolerance: fl
     pixel = max(abs(a[0]), abs(a[1]), abs(a[3]), abs(a[4]))
     origins_close = math.dist((a[2], a[5]), (b[2], b[5])) <= pixel_tolerance * pixel
     return origins_close and bool(np.allclose(a_lin, b_lin, rtol=0, atol=scale_tolerance * pixel))
+
+
+def sar_calibration(meta: RasterMeta) -> tuple[float, float]:
+    """(scale, offset) of the file's calibration when all bands share one, else (1, 0)."""
+    if meta.calibrated and len(set(meta.scales)) == 1 and len(set(meta.offsets)) == 1:
+        return float(meta.scales[0]), float(meta.offsets[0])
+    return 1.0, 0.0
+
+
+def sar_uncalibrated(kind: SarKind, dtype: np.dtype, meta: RasterMeta) -> bool:
+    """Whether SAR taken as ``kind`` is uncalibrated display DN: integer linear values with
+    neither calibration nor a stated unit (their dB scale is then arbitrary)."""
+    return kind.uncalibrated or (kind.kind != "db" and np.dtype(dtype).kind in "ui"
+                                 and not meta.calibrated and stated_sar_kind(meta) is None)
 
 
 def sar_to_db(raw: np.ndarray, kind: str, *, scale: float = 1.0, offset: float = 0.0,
@@ -404,6 +428,39 @@ def _auto_kind(raw, meta, scale: float, offset: float) -> str | None:
         return None
 
 
+def db_statistics_map(db: np.ndarray, valid: np.ndarray, mean: Sequence[float],
+                      std: Sequence[float], percentiles: tuple[float, float] = (2.0, 98.0)
+                      ) -> tuple[list[float], list[float]]:
+    """The per-band affine ``gain * db + offset`` giving the valid pixels the dB ``mean`` and
+    ``std`` (``match_db_statistics``), without applying it: a whole scene's map, fitted on a
+    decimated read and applied window by window (``apply_db_map``)."""
+    bands = db.shape[-1]
+    mean = list(mean) * bands if len(mean) == 1 else list(mean)
+    std = list(std) * bands if len(std) == 1 else list(std)
+    gains, offsets = [], []
+    for band in range(bands):
+        values = db[..., band][valid].astype(np.float64)
+        if values.size:
+            clipped = np.clip(values, *np.percentile(values, percentiles))
+            spread, centre = clipped.std(), clipped.mean()
+        else:
+            spread, centre = 0.0, 0.0
+        gain = std[band] / spread if spread > 0 else 0.0
+        gains.append(float(gain))
+        offsets.append(float(mean[band] - gain * centre))
+    return gains, offsets
+
+
+def apply_db_map(db: np.ndarray, valid: np.ndarray, gains: Sequence[float],
+                 offsets: Sequence[float], floor_db: float = DB_FLOOR) -> np.ndarray:
+    """``gain * db + offset`` per band on the valid pixels, floored at ``floor_db``; no-data
+    stays at ``floor_db``. float32."""
+    gains = np.asarray(gains, np.float32)
+    offsets = np.asarray(offsets, np.float32)
+    mapped = np.maximum(gains * db.astype(np.float32) + offsets, np.float32(floor_db))
+    return np.where(valid[..., None], mapped, np.float32(floor_db)).astype(np.float32)
+
+
 def match_db_statistics(db: np.ndarray, valid: np.ndarray, mean: Sequence[float],
                         std: Sequence[float], percentiles: tuple[float, float] = (2.0, 98.0),
                         floor_db: float = DB_FLOOR) -> tuple[np.ndarray, list[float], list[float]]:
@@ -415,24 +472,8 @@ def match_db_statistics(db: np.ndarray, valid: np.ndarray, mean: Sequence[float]
     saturated corner reflectors do not set the scale. -> (dB, gains, offsets): ``gain * db +
     offset`` per band, no-data kept at ``floor_db`` and values floored there.
     """
-    bands = db.shape[-1]
-    mean = list(mean) * bands if len(mean) == 1 else list(mean)
-    std = list(std) * bands if len(std) == 1 else list(std)
-    out, gains, offsets = db.copy(), [], []
-    for band in range(bands):
-        values = db[..., band][valid].astype(np.float64)
-        if values.size:
-            clipped = np.clip(values, *np.percentile(values, percentiles))
-            spread, centre = clipped.std(), clipped.mean()
-        else:
-            spread, centre = 0.0, 0.0
-        gain = std[band] / spread if spread > 0 else 0.0
-        shift = mean[band] - gain * centre
-        out[..., band] = np.where(valid, np.maximum(gain * db[..., band] + shift, floor_db),
-                                  floor_db)
-        gains.append(float(gain))
-        offsets.append(float(shift))
-    return out.astype(np.float32), gains, offsets
+    gains, offsets = db_statistics_map(db, valid, mean, std, percentiles)
+    return apply_db_map(db, valid, gains, offsets, floor_db), gains, offsets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,28 +497,53 @@ def border_black(array: np.ndarray, threshold: int = 0) -> np.ndarray:
 def optical_to_uint8(array: np.ndarray, *, scale: float | None = None,
                      nodata: float | None = None,
                      percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                     limits: Sequence[tuple[float, float]] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Optical ``[H, W, 1 or 3]`` -> (RGB uint8 ``[H, W, 3]``, valid bool ``[H, W]``).
 
-    The rules are in the module docstring.
+    The rules are in the module docstring. ``limits``: the stretch's (low, high) per band,
+    fitted elsewhere (``stretch_limits`` of a whole scene's decimated read), instead of this
+    array's own percentiles: every window of a scene then shares one stretch.
     """
-    array = np.asarray(array)
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"optical needs 1 or 3 bands [H, W, C], got shape {array.shape}")
-    valid = _optical_valid(array, nodata)
+    array = _as_rgb(array)
+    valid = optical_valid(array, nodata)
     if array.dtype == np.uint8:
         rgb = array.copy()
     elif scale is not None:
         rgb = _scale_to_uint8(np.where(valid[..., None], array, 0), scale)
     else:
-        rgb = _stretch_to_uint8(array, valid, percentiles)
+        if limits is None:
+            limits = stretch_limits(array, valid, percentiles)
+        rgb = _stretch_to_uint8(array, valid, limits)
     rgb[~valid] = 0
     return rgb, valid
 
 
-def _optical_valid(array: np.ndarray, nodata: float | None) -> np.ndarray:
+def _as_rgb(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"optical needs 1 or 3 bands [H, W, C], got shape {array.shape}")
+    return array
+
+
+def stretch_limits(array: np.ndarray, valid: np.ndarray | None = None,
+                   percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                   nodata: float | None = None) -> list[tuple[float, float]]:
+    """The linear stretch's (low, high) per band: the ``percentiles`` of the valid pixels
+    (``valid`` None: by ``nodata`` and finiteness). No valid pixel: (0, 0), all black."""
+    array = _as_rgb(array)
+    if valid is None:
+        valid = optical_valid(array, nodata)
+    if not valid.any():
+        return [(0.0, 0.0)] * array.shape[-1]
+    return [tuple(float(v) for v in np.percentile(array[..., band][valid], percentiles))
+            for band in range(array.shape[-1])]
+
+
+def optical_valid(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels not all ``nodata`` and with every band finite (alpha / mask bands apart)."""
     valid = np.isfinite(array).all(axis=-1)
     if nodata is not None:
         valid &= ~(array == nodata).all(axis=-1)
@@ -489,15 +555,11 @@ def _scale_to_uint8(array: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _stretch_to_uint8(array: np.ndarray, valid: np.ndarray,
-                      percentiles: tuple[float, float]) -> np.ndarray:
+                      limits: Sequence[tuple[float, float]]) -> np.ndarray:
     rgb = np.zeros(array.shape, np.uint8)
-    if not valid.any():
-        return rgb
-    for band in range(array.shape[-1]):
-        values = array[..., band]
-        low, high = np.percentile(values[valid], percentiles)
+    for band, (low, high) in enumerate(limits):
         gain = 255.0 / (high - low) if high > low else 0.0
-        stretched = (np.where(valid, values, low).astype(np.float64) - low) * gain
+        stretched = (np.where(valid, array[..., band], low).astype(np.float64) - low) * gain
         rgb[..., band] = np.clip(np.rint(stretched), 0, 255)
     return rgb
 

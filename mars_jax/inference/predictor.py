@@ -49,8 +49,9 @@ class Predictor:
 
     def __init__(self, model: nnx.Module, *, what: str, modalities: Sequence[str],
                  source: str, devices: Sequence[jax.Device] | None = None,
-                 batch_size: int = DEFAULT_BATCH):
+                 batch_size: int = DEFAULT_BATCH, image_size: int | None = None):
         self.model, self.what, self.source = model, what, source
+        self.image_size = image_size  # the training crop (or export size): a default tile
         self.modalities = tuple(modalities)
         self.task: Task | None = getattr(model, "task", None)
         self.encoder = model.encoder if self.task is not None else model
@@ -185,7 +186,7 @@ class Predictor:
                                       for i in range(raw.shape[0])])
 
 
-def _is_bundle(path: Path) -> bool:
+def is_bundle(path: Path) -> bool:
     """A bundle's config.json names its format (a workdir's config.json does not)."""
     import json
 
@@ -210,14 +211,15 @@ def load(path: str | os.PathLike, *, step: int | None = None,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such bundle or workdir")
-    if _is_bundle(path):
+    if is_bundle(path):
         from mars_jax.export.bundle import read_bundle
 
         if step is not None or config is not None:
             raise ValueError(f"{path} is a bundle: step and config are for training workdirs")
         bundle = read_bundle(path, verify=verify)
         return Predictor(bundle.model, what=bundle.what, modalities=bundle.config[
-            "modalities"], source=str(path), devices=devices, batch_size=batch_size)
+            "modalities"], source=str(path), devices=devices, batch_size=batch_size,
+            image_size=bundle.config.get("image_size"))
     from mars_jax.train.workdir import load_workdir_model
 
     if isinstance(config, str):
@@ -229,7 +231,7 @@ def load(path: str | os.PathLike, *, step: int | None = None,
     return Predictor(loaded.model, what="task" if finetuned else "model",
                      modalities=loaded.experiment.task.modalities if finetuned
                      else functions.MODALITIES, source=str(path), devices=devices,
-                     batch_size=batch_size)
+                     batch_size=batch_size, image_size=loaded.experiment.input.image_size)
 
 
 __all__ = ["Prediction", "Predictor", "load"]

@@ -315,9 +315,7 @@ def to_sar_db(raw: np.ndarray, meta: io.RasterMeta, options: SarOptions, sample_
     if selected.shape[-1] > 1 and all(np.array_equal(selected[..., 0], selected[..., b])
                                       for b in range(1, selected.shape[-1])):
         selected = selected[..., :1]
-    scale, offset = 1.0, 0.0
-    if meta.calibrated and len(set(meta.scales)) == 1 and len(set(meta.offsets)) == 1:
-        scale, offset = float(meta.scales[0]), float(meta.offsets[0])
+    scale, offset = io.sar_calibration(meta)
     try:
         kind = io.decide_sar_kind(selected, meta, options.kind, scale=scale, offset=offset)
     except io.SarKindError as error:
@@ -326,10 +324,7 @@ def to_sar_db(raw: np.ndarray, meta: io.RasterMeta, options: SarOptions, sample_
     db, valid = io.sar_to_db(selected, kind.kind, scale=scale, offset=offset, nodata=meta.nodata)
     if meta.mask is not None:
         valid &= meta.mask
-    uncalibrated = kind.uncalibrated or (
-        kind.kind != "db" and selected.dtype.kind in "ui" and not meta.calibrated
-        and io.stated_sar_kind(meta) is None)
-    return db, valid, uncalibrated
+    return db, valid, io.sar_uncalibrated(kind, selected.dtype, meta)
 
 
 def normalise_sar(db: np.ndarray, valid: np.ndarray, uncalibrated: bool,
