@@ -147,6 +147,7 @@ class Scene:
         self.grid = grid
         self._sources = sources
         self.reads: list[tuple[str, int, int]] = []  # (modality, height, width) of each read
+        self._overviews: dict[int, dict[str, np.ndarray]] = {}  # max_side -> overview
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -193,7 +194,13 @@ class Scene:
 
     def overview(self, max_side: int = DEFAULT_OVERVIEW) -> dict[str, np.ndarray]:
         """The whole scene decimated to ``max_side`` px on its longer side (nearest), converted
-        like every window: for previews."""
+        like every window: for previews. Read once per size (a big scene's decimated read
+        walks its whole file)."""
+        if max_side not in self._overviews:
+            self._overviews[max_side] = self._read_overview(max_side)
+        return self._overviews[max_side]
+
+    def _read_overview(self, max_side: int) -> dict[str, np.ndarray]:
         shape = overview_shape(self.grid, max_side)
         out, valid = {}, np.ones(shape, bool)
         for modality, source in self._sources.items():
@@ -283,20 +290,23 @@ def _warp_onto(dataset, grid: Grid, correction: np.ndarray | None):
                      nodata=fill)
 
 
-def _optical_conversion(dataset, path: Path, shape: tuple[int, int]) -> OpticalConversion:
+def _optical_conversion(dataset, path: Path, shape: tuple[int, int]
+                        ) -> tuple[OpticalConversion, np.ndarray]:
+    """The scene's optical conversion, and the decimated read it was decided on."""
     meta = io.dataset_meta(dataset, path)
     bands = meta.data_bands
     bands = bands[:3] if len(bands) >= 3 else bands[:1]
     if not bands:
         raise SceneError(f"--optical {path}: no data band")
+    sample = _decimated(dataset, bands, shape)
     limits = None
     if np.dtype(meta.dtype) != np.uint8:
-        sample = _decimated(dataset, bands, shape)
         valid = io.optical_valid(sample, meta.nodata)
         if io.has_mask_band(dataset):
             valid &= _decimated_mask(dataset, shape)
         limits = tuple(io.stretch_limits(sample, valid))
-    return OpticalConversion(tuple(bands), limits, meta.nodata, io.has_mask_band(dataset))
+    conversion = OpticalConversion(tuple(bands), limits, meta.nodata, io.has_mask_band(dataset))
+    return conversion, sample
 
 
 def _decimated_mask(reader, shape: tuple[int, int]) -> np.ndarray:
@@ -371,9 +381,8 @@ def _open_scene(optical, sar, options: SarOptions, sar_correction, overview: int
         optical_valid = None
         if "optical" in sources:
             source = sources["optical"]
-            source.conversion = _optical_conversion(source.file, source.path, shape)
-            optical_valid = source.conversion.apply(_decimated(
-                source.file, source.conversion.bands, shape))[1]
+            source.conversion, sample = _optical_conversion(source.file, source.path, shape)
+            optical_valid = source.conversion.apply(sample)[1]
         if "sar" in sources:
             sources["sar"].conversion = _sar_conversion(sources["sar"], options, shape,
                                                         optical_valid)

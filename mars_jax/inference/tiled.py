@@ -32,9 +32,8 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -428,16 +427,5 @@ def _to_cog(source: Path, target: Path, output: RasterOutput) -> None:
         staged.unlink(missing_ok=True)
 
 
-def read_class_names(path: str | Path) -> list[str] | None:
-    """The class names a class map written here carries (tag ``CLASS_NAMES``)."""
-    with rasterio.open(path) as src:
-        names = src.tags().get("CLASS_NAMES")
-    return None if names is None else json.loads(names)
-
-
-def write_summary(path: Path, record: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
 __all__ = ["EMBEDDINGS", "WHATS", "Plan", "RasterOutput", "TiledError", "TiledResult",
-           "cell_edges", "make_plan", "predict_scene", "read_class_names"]
+           "cell_edges", "make_plan", "predict_scene"]
