@@ -4,13 +4,15 @@ how far the registration undoes it, and how the building polygons match the plan
 The scene's pre-event optical image and its post-event SAR, moved by the scene's planted
 affine (``render_pair(..., with_registration=True)``'s ``affine``), go through
 ``python -m mars_jax.respond``'s work. Printed: the corner error of the estimated transform
-against the planted one, next to the planted misregistration's own (the identity's); and for
+used (the identity when the fit was rejected) against the planted one, next to the planted
+misregistration's own (the identity's); and for
 the planted buildings (4-connected footprints of the true damage map), the fraction found by
 a predicted polygon with IoU >= 0.5, the fraction of predicted polygons matching a planted
 one, and the damage class agreement over the matched pairs.
 
     python bench/respond_demo.py --damage DAMAGE_BUNDLE --registration REG_BUNDLE \
-        --size 512 --out /tmp/respond_demo [--picture docs/images/respond_overlay.png]
+        --size 512 --out /tmp/respond_demo [--picture docs/images/respond_overlay.png] \
+        [--planted]
 """
 
 import argparse
@@ -85,6 +87,9 @@ def main() -> None:
     parser.add_argument("--register_windows", type=int, default=8)
     parser.add_argument("--out", default="/tmp/respond_demo")
     parser.add_argument("--picture", default=None, help="copy overlay.png here")
+    parser.add_argument("--planted", action="store_true",
+                        help="give respond the planted transform (--transform) instead of "
+                        "registering: the building figures of a perfect registration")
     args = parser.parse_args()
 
     import rasterio
@@ -95,15 +100,18 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scene, planted = write_event(out, args.seed, args.index, args.size)
+    np.savetxt(out / "planted.txt", planted)
     status = respond_files(str(out / "pre.tif"), str(out / "post.tif"), args.damage,
                            str(out / "respond"), registration=args.registration,
+                           transform=str(out / "planted.txt") if args.planted else None,
                            register_tile=args.register_tile,
                            register_windows=args.register_windows, overwrite=True,
                            log=lambda line: print(line, file=sys.stderr))
     if status:
         sys.exit(status)
     summary = json.loads((out / "respond" / "summary.json").read_text())
-    estimate = summary["registration"]["transform"]
+    estimate = summary["registration"]["transform"]  # None: rejected, georeferencing kept
+    used = np.eye(3)[:2] if estimate is None else np.asarray(estimate)
     size = (args.size, args.size)
     with rasterio.open(out / "respond" / "damage.tif") as src:
         predicted = src.read(1)
@@ -112,8 +120,8 @@ def main() -> None:
         "registration": summary["registration"]["method"],
         "matches": summary["registration"]["matches"],
         "inliers": summary["registration"]["inliers"],
-        "corner_error_px": None if estimate is None else round(
-            corner_error(np.asarray(estimate), planted, size), 2),
+        "rejected": summary["registration"].get("rejected"),
+        "corner_error_px": round(corner_error(used, planted, size), 2),
         "planted_misregistration_px": round(corner_error(np.eye(3)[:2], planted, size), 2),
         "buildings": building_matches(scene["damage"], predicted),
         "buildings_by_class": summary["buildings_by_class"],

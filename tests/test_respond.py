@@ -22,6 +22,7 @@ from mars_jax.inference.respond import (
     RespondError,
     building_polygons,
     check_damage_model,
+    implausible,
     summarise,
 )
 from mars_jax.respond import respond_files
@@ -120,6 +121,29 @@ def test_respond_end_to_end_with_the_planted_transform(event, damage_bundle, tmp
                   ) == components(np.where(labels == 255, 0, labels))
 
 
+def test_implausible_registration_fits_are_rejected_with_their_reason():
+    """A fit on few inliers, with a scale or shear the georeferenced grids cannot have, or
+    moving the windows by more than half a window, is not used; the planted misregistration
+    (1 degree, a few px) is."""
+    centres = np.array([[64.0, 64.0], [192.0, 64.0], [64.0, 192.0], [192.0, 192.0]])
+    assert implausible(PLANTED, 500, centres, 128) is None
+    assert implausible(None, 0, centres, 128) == "RANSAC found no transform"
+    assert implausible(PLANTED, 5, centres, 128) == "5 RANSAC inliers, fewer than 20"
+    assert implausible(PLANTED, 5, centres, 128, min_inliers=5) is None
+    stretched = np.array([[1.3, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert implausible(stretched, 500, centres, 128).startswith("scale 1.000-1.300")
+    sheared = np.array([[1.0, 0.6, 0.0], [0.0, 1.0, 0.0]])  # singular values 1.34, 0.75
+    assert "scale 0.74" in implausible(sheared, 500, centres, 128)
+    far = np.array([[1.0, 0.0, 70.0], [0.0, 1.0, 0.0]])
+    assert implausible(far, 500, centres, 128) == (
+        "windows moved by up to 70 px, more than half a window (64)")
+    assert implausible(far, 500, centres, 256) is None
+    # 3 degrees about the origin moves the window centred at (192, 192) by 14 px.
+    turned = np.array([[np.cos(0.05), -np.sin(0.05), 0.0], [np.sin(0.05), np.cos(0.05), 0.0]])
+    assert implausible(turned, 500, centres, 128) is None
+    assert "more than half a window (8)" in implausible(turned, 500, centres, 16)
+
+
 def test_respond_registers_zero_shot_by_default_and_names_bad_inputs(event, damage_bundle,
                                                                       tmp_path, repo_root):
     root, _ = event
@@ -131,6 +155,11 @@ def test_respond_registers_zero_shot_by_default_and_names_bad_inputs(event, dama
     registration = json.loads((out / "summary.json").read_text())["registration"]
     assert registration["method"] == "pretrained CGCL patch embeddings (zero-shot)"
     assert len(registration["windows"]) == 4 and registration["matches"] > 0
+    # Used, or rejected with its reason logged and the georeferencing kept.
+    assert (registration["transform"] is None) == (registration["rejected"] is not None)
+    if registration["rejected"]:
+        assert any(registration["rejected"] in line and "georeferencing alone" in line
+                   for line in lines), lines
     # Outputs already there are kept unless --overwrite.
     before = (out / "damage.tif").read_bytes()
     assert respond_files(str(root / "pre.tif"), str(root / "post.tif"), str(damage_bundle),
@@ -165,3 +194,32 @@ def test_respond_registers_zero_shot_by_default_and_names_bad_inputs(event, dama
                                        source="an optical damage head", devices=ONE)
     with pytest.raises(RespondError, match=r"trained without \['sar'\]"):
         check_damage_model(optical_only)
+
+
+def test_the_demo_benchmark_scores_buildings_and_the_registration_used(damage_bundle, tmp_path,
+                                                                     repo_root, monkeypatch,
+                                                                     capsys):
+    """bench/respond_demo.py: its building matcher on a known case, and the script with the
+    planted transform given (``--planted``): no registration error is left."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("respond_demo",
+                                                  repo_root / "bench" / "respond_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    truth = np.zeros((16, 16), np.uint8)
+    truth[1:5, 1:5], truth[8:12, 8:14] = 1, 3
+    predicted = truth.copy()
+    predicted[8:12, 8:14] = 2  # found, wrong class
+    predicted[14:16, 0:2] = 1  # a building that is not there
+    assert demo.building_matches(truth, predicted) == {
+        "planted": 2, "predicted": 3, "found": 2, "recall": 1.0, "precision": 2 / 3,
+        "class_agreement": 0.5}
+    monkeypatch.setattr(sys, "argv", ["respond_demo.py", f"--damage={damage_bundle}",
+                                      "--size=128", f"--out={tmp_path}", "--planted",
+                                      f"--picture={tmp_path / 'overlay_copy.png'}"])
+    demo.main()
+    record = json.loads(capsys.readouterr().out)
+    assert record["registration"] == "given (--transform)" and record["rejected"] is None
+    assert record["corner_error_px"] == 0.0 and record["planted_misregistration_px"] > 1.0
+    assert record["buildings"]["planted"] > 0 and (tmp_path / "overlay_copy.png").is_file()

@@ -7,7 +7,11 @@ damage map, per-building polygons and a summary (``python -m mars_jax.respond``)
    described by the registrar (a fine-tuned registration head, or zero shot the CGCL patch
    embeddings of the damage model's encoders) and matched (``tasks.registration``); the
    matches of every window, in scene pixels, are fitted by one RANSAC affine: optical pixel
-   -> SAR pixel. Or the transform is given (``transform``), or skipped.
+   -> SAR pixel. A fit that is not plausible (``implausible``: too few inliers, a scale or
+   shear far from the georeferencing's, or windows moved by more than half a window) is
+   rejected and the georeferencing kept, since a wrong warp ruins the damage map where a
+   few pixels of misregistration only blur it. Or the transform is given (``transform``),
+   or skipped.
 2. Damage. The scene is reopened with that correction (the SAR warp's destination composed
    with it) and the damage head predicts it tile by tile (``inference.tiled``): damage.tif.
 3. Buildings. The class map is polygonised in row strips (``rasterio.features.shapes``); a
@@ -42,6 +46,11 @@ from mars_jax.tasks.matching import fit_transform
 OUTPUTS = ("damage.tif", "buildings.geojson", "overlay.png", "summary.json",
            "registration_checkerboard.png", "registration_checkerboard_unregistered.png")
 BACKGROUND = 0  # class id of "no building"
+# A registration fit below these is rejected (``implausible``): RANSAC on a few matches fits
+# noise, and after georeferencing the two grids share their scale and are off by far less
+# than a window (the windows could not have matched otherwise).
+MIN_INLIERS = 20
+MAX_SCALE_CHANGE = 1.25  # singular values of the linear part within [1/1.25, 1.25]
 POLYGON_STRIP = 1024  # rows of the class map polygonised at a time
 OVERLAY_SIDE = 1024
 # Colours of the damage classes by name (others: the class palette).
@@ -66,11 +75,13 @@ class SceneRegistration:
     windows: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     matches: int = 0
     inliers: int = 0
+    rejected: str | None = None  # why a fit was not used (``implausible``)
 
     def record(self, size: tuple[int, int]) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "windows": [list(w) for w in
                                                                   self.windows],
                                "matches": self.matches, "inliers": self.inliers,
+                               "rejected": self.rejected,
                                "transform": None if self.transform is None else
                                as_matrix(self.transform)[:2].tolist()}
         if self.transform is not None:
@@ -108,7 +119,8 @@ def register_scene(registrar: Registrar, scene: Scene, *, tile: int = 256, windo
 
     chosen = registration_windows(scene, tile, windows)
     if not chosen:
-        return SceneRegistration(None, f"no {tile}-px window with data in both images")
+        return SceneRegistration(None, registrar.source,
+                                 rejected=f"no {tile}-px window with data in both images")
     sources, targets = [], []
     for row, col in tqdm(chosen, desc="register", unit="window", disable=not progress):
         window = scene.read(row, col, tile, tile)
@@ -120,8 +132,31 @@ def register_scene(registrar: Registrar, scene: Scene, *, tile: int = 256, windo
         targets.append(np.asarray(result.dst, np.float64).reshape(-1, 2) + offset)
     src, dst = np.concatenate(sources), np.concatenate(targets)
     fit = fit_transform(src, dst, "affine", threshold=threshold)
-    return SceneRegistration(fit.transform, registrar.source, chosen, len(src),
-                             int(fit.inliers.sum()))
+    inliers = int(fit.inliers.sum())
+    centres = np.array([[col + tile / 2, row + tile / 2] for row, col in chosen], np.float64)
+    reason = implausible(fit.transform, inliers, centres, tile)
+    return SceneRegistration(None if reason else fit.transform, registrar.source, chosen,
+                             len(src), inliers, rejected=reason)
+
+
+def implausible(transform: np.ndarray | None, inliers: int, centres: np.ndarray, tile: int,
+                *, min_inliers: int = MIN_INLIERS,
+                max_scale_change: float = MAX_SCALE_CHANGE) -> str | None:
+    """Why a registration fit over windows of ``tile`` px centred at ``centres`` (x, y)
+    should not be used, or None when it may."""
+    if transform is None:
+        return "RANSAC found no transform"
+    if inliers < min_inliers:
+        return f"{inliers} RANSAC inliers, fewer than {min_inliers}"
+    matrix = as_matrix(np.asarray(transform, np.float64))
+    singular = np.linalg.svd(matrix[:2, :2], compute_uv=False)
+    if singular.max() > max_scale_change or singular.min() < 1 / max_scale_change:
+        return (f"scale {singular.min():.3f}-{singular.max():.3f}: the georeferenced grids "
+                f"share their scale (allowed 1/{max_scale_change}-{max_scale_change})")
+    moved = np.linalg.norm(apply_transform(matrix, centres) - centres, axis=-1).max()
+    if moved > tile / 2:
+        return f"windows moved by up to {moved:.0f} px, more than half a window ({tile // 2})"
+    return None
 
 
 def read_transform(path: str | Path) -> np.ndarray:
@@ -308,8 +343,9 @@ def _respond(predictor: Predictor, pre_optical, post_sar, out: Path, *, registra
             registration = register_scene(registrar, georeferenced, tile=register_tile,
                                           windows=register_windows, progress=progress)
             if registration.transform is None:
-                log(f"respond: registration found no transform ({registration.matches} "
-                    "matches); going on with the georeferencing alone")
+                log(f"respond: registration not used ({registration.rejected or 'no fit'}; "
+                    f"{registration.matches} matches, {registration.inliers} inliers): going "
+                    "on with the georeferencing alone")
     with open_scene(pre_optical, post_sar, sar_kind=sar_kind,
                     sar_correction=registration.transform) as scene:
         save_png(out / "registration_checkerboard.png", checkerboard_picture(scene))
@@ -334,5 +370,5 @@ def _respond(predictor: Predictor, pre_optical, post_sar, out: Path, *, registra
 
 
 __all__ = ["RespondError", "SceneRegistration", "building_polygons", "check_damage_model",
-           "read_transform", "register_scene", "registration_windows", "respond",
+           "implausible", "read_transform", "register_scene", "registration_windows", "respond",
            "summarise"]
