@@ -343,7 +343,7 @@ def _respond(predictor: Predictor, pre_optical, post_sar, out: Path, *, registra
             registration = register_scene(registrar, georeferenced, tile=register_tile,
                                           windows=register_windows, progress=progress)
             if registration.transform is None:
-                log(f"respond: registration not used ({registration.rejected or 'no fit'}; "
+                log(f"respond: registration not used ({registration.rejected}; "
                     f"{registration.matches} matches, {registration.inliers} inliers): going "
                     "on with the georeferencing alone")
     with open_scene(pre_optical, post_sar, sar_kind=sar_kind,
