@@ -129,12 +129,23 @@ def start_two_processes(workdir, repo_root):
 
 
 def finish(procs) -> list[str]:
-    outs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        outs.append(out)
-    return outs
+    """Waits for every process (none is left running) and reports each one's stderr tail
+    when any failed: a peer's error often explains why process 0 stopped."""
+    results = []
+    try:
+        for proc in procs:
+            results.append(proc.communicate(timeout=600))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    failed = [(i, proc.returncode, err)
+              for i, (proc, (_, err)) in enumerate(zip(procs, results, strict=True))
+              if proc.returncode != 0]
+    assert not failed, "\n".join(f"process {i} exited with {code}:\n{err[-2500:]}"
+                                  for i, code, err in failed)
+    return [out for out, _ in results]
 
 
 def assert_close_losses(got, want):
