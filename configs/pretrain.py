@@ -116,6 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.learnable_temperatures = False  # tau_* are then initial values
     config.loss.adaptive_weights = False  # (alpha, beta, gamma) = softmax(grad norms / tau)
     config.loss.adaptive_tau = 1.0
+    # > 0: each modality's patch positions shifted by its own random 0..N patches per pair,
+    # so CGCL's patch terms cannot pair patch j with patch j by position alone
+    config.loss.position_jitter = 0
 
     # Fields of mars_jax.train.optim.OptimConfig. MAE's rule: lr = 1.5e-4 * batch / 256.
     config.total_steps = v.total_steps

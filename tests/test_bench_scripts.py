@@ -44,3 +44,24 @@ def test_alignment_check_bench_runs(repo_root):
     out = run(repo_root, "bench/alignment_check.py", "--size", "128", "--count", "2",
               "--shift", "12,-8", timeout=120)
     assert "2 scenes of 128 px" in out and "--max-shift 16: aligned flagged" in out
+
+
+@pytest.mark.slow
+def test_registration_check_reports_shortcut_registration_and_equivariance(repo_root,
+                                                                          tmp_path):
+    # A 2-step pretraining run with position jitter through the command line, then the
+    # zero-shot figures of its checkpoint.
+    workdir = tmp_path / "pretrain"
+    run(repo_root, "-m", "mars_jax.main", "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}", "--config.total_steps=2", "--config.input.batch_size=4",
+        "--config.input.image_size=64", "--config.loss.position_jitter=2",
+        "--config.log.progress=False", "--config.log.images_every_steps=0")
+    out = run(repo_root, "bench/registration_check.py", f"--checkpoint={workdir}",
+              "--pairs=1", "--size=64", "--extra=4,-2,1")
+    line = next(line for line in out.splitlines() if line.startswith("registration_check "))
+    record = json.loads(line.split(" ", 1)[1])
+    assert record["pairs"] == 1 and record["size"] == 64
+    assert 0.0 <= record["position_shortcut"] <= 1.0
+    assert record["chance"] == pytest.approx(1 / 8**2)  # 64 px, the tiny patch of 8
+    assert record["extra"] == [4.0, -2.0, 1.0] and record["extra_corner_error"] > 4.0
+    assert record["identity_corner_error"] > 0.0

@@ -126,26 +126,30 @@ class MaRSEncoder(nnx.Module):
 
     def encode_prepared(self, inputs: PreparedInputs, ids_keep: jax.Array | None = None, *,
                         fuse: bool = True, layers: Sequence[int] | None = None,
-                        present: jax.Array | None = None) -> EncoderOutput:
+                        present: jax.Array | None = None,
+                        position_offsets: jax.Array | None = None) -> EncoderOutput:
         """Encodes the patches ``ids_keep`` [B, N_vis] (all when None) of prepared inputs.
 
         ``layers``: encoder block indices whose (normalised) outputs are returned too, per
         modality (``levels_rgb`` / ``levels_sar``), for multi-level heads. ``present`` [B, 2]
         bool: per-example modality presence for MMA (``MetaModalityAttention``), with both
-        modalities given.
+        modalities given. ``position_offsets`` [B, 2, 2]: per example, the optical (index 0)
+        and SAR (index 1) (rows, columns) offsets of the patch positions, in patches
+        (pretraining's position jitter); None: the grid as it is.
         """
         x = inputs.x_rgb if inputs.x_rgb is not None else inputs.x_sar
         grid = (x.shape[1] // self.config.patch_size, x.shape[2] // self.config.patch_size)
 
-        def run(vit, images):
+        def run(vit, images, modality):
             if images is None:
                 return None, None
+            offset = None if position_offsets is None else position_offsets[:, modality]
             if layers is None:
-                return vit(images, ids_keep), None
-            return vit(images, ids_keep, collect=layers)
+                return vit(images, ids_keep, position_offset=offset), None
+            return vit(images, ids_keep, collect=layers, position_offset=offset)
 
-        z_rgb, levels_rgb = run(self.optical_vit, inputs.x_rgb)
-        z_sar, levels_sar = run(self.sar_vit, inputs.x_sar)
+        z_rgb, levels_rgb = run(self.optical_vit, inputs.x_rgb, 0)
+        z_sar, levels_sar = run(self.sar_vit, inputs.x_sar, 1)
         e_rgb = z_rgb if z_rgb is None or self.optical_projection is None else (
             self.optical_projection(z_rgb))
         e_sar = z_sar if z_sar is None or self.sar_projection is None else (

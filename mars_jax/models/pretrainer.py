@@ -89,12 +89,14 @@ class MaRSPretrainer(nnx.Module):
     def __call__(
         self, optical: jax.Array, sar: jax.Array, *, key: jax.Array | None = None,
         mask_noise: jax.Array | None = None, mask_ratio: float | None = None,
-        valid: jax.Array | None = None,
+        valid: jax.Array | None = None, position_offsets: jax.Array | None = None,
     ) -> MaRSOutput:
         """optical: [B, H, W, 3] uint8; sar: [B, H, W, C_sar] dB; valid: optional [B, H, W].
 
         The shared random mask comes from ``key`` or from ``mask_noise`` [B, N] (the patches
         with the smallest noise are visible); with ``mask_ratio=0`` every patch is visible.
+        ``position_offsets`` [B, 2, 2]: each modality's patch-position offsets (see
+        ``MaRSEncoder.encode_prepared``; the trainer's ``loss.position_jitter``).
         """
         c = self.config
         if optical is None or sar is None:
@@ -105,7 +107,8 @@ class MaRSPretrainer(nnx.Module):
         masking = self.masking(batch, n, key=key, mask_noise=mask_noise, mask_ratio=ratio)
 
         inputs = self.encoder.prepare(optical, sar, valid)
-        enc = self.encoder.encode_prepared(inputs, masking.ids_keep)
+        enc = self.encoder.encode_prepared(inputs, masking.ids_keep,
+                                           position_offsets=position_offsets)
         pred_rgb = self.optical_decoder(enc.f_rgb, masking.ids_restore, grid)
         pred_sar = self.sar_decoder(enc.f_sar, masking.ids_restore, grid)
         return MaRSOutput(

@@ -39,6 +39,22 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int) -> np.ndarr
     return table
 
 
+def sincos_2d_position_embedding_at(rows: jax.Array, cols: jax.Array, dim: int) -> jax.Array:
+    """``sincos_2d_position_embedding`` at arbitrary grid positions: rows, cols [...] ->
+    [..., dim] float32 (equal to the table's rows at integer positions on its grid)."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = jnp.asarray(1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter),
+                        jnp.float32)
+
+    def encode(pos: jax.Array) -> jax.Array:
+        angles = pos.astype(jnp.float32)[..., None] * omega
+        return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+    return jnp.concatenate([encode(rows), encode(cols)], axis=-1)
+
+
 def check_image(name: str, images: jax.Array, channels: int, patch_size: int) -> tuple[int, int]:
     """Fails fast (at trace time) on a malformed image batch; returns the patch grid."""
     shape = tuple(images.shape)
@@ -76,20 +92,34 @@ class ViTEncoder(nnx.Module):
         self.norm = layers.layer_norm(width, **kw)
 
     def __call__(self, images: jax.Array, ids_keep: jax.Array | None = None, *,
-                 collect: Sequence[int] | None = None):
+                 collect: Sequence[int] | None = None,
+                 position_offset: jax.Array | None = None):
         """images: [B, H, W, C], already normalised. Returns [B, N_vis, width].
 
         ``collect``: block indices (0-based, negative from the end) whose outputs are also
         returned, as ``(out, tuple of [B, N_vis, width])``, each through the final LayerNorm
         (a residual stream grows with depth; the shared norm keeps levels on one scale for a
         multi-level head, as BEiT / PANGAEA's ViT wrappers do).
+        ``position_offset``: [B, 2] (rows, columns) in patches added to every patch's grid
+        position before its sin-cos embedding, per image (pretraining's position jitter);
+        None: the grid as it is.
         """
         grid = check_image("images", images, self.in_channels, self.patch_size)
         patches = patchify(images, self.patch_size)
-        pos = jnp.asarray(sincos_2d_position_embedding(*grid, self.width))
+        if position_offset is None:
+            pos = jnp.asarray(sincos_2d_position_embedding(*grid, self.width))
+        else:
+            if tuple(position_offset.shape) != (images.shape[0], 2):
+                raise ValueError(f"position_offset must be [batch, 2] = "
+                                 f"{(images.shape[0], 2)}, got {tuple(position_offset.shape)}")
+            rows, cols = jnp.meshgrid(jnp.arange(grid[0]), jnp.arange(grid[1]), indexing="ij")
+            pos = sincos_2d_position_embedding_at(
+                rows.reshape(1, -1) + position_offset[:, :1],
+                cols.reshape(1, -1) + position_offset[:, 1:], self.width)  # [B, N, width]
         if ids_keep is not None:
             patches = take_tokens(patches, ids_keep)
-            pos = jnp.take(pos, ids_keep, axis=0)
+            pos = (jnp.take(pos, ids_keep, axis=0) if pos.ndim == 2
+                   else take_tokens(pos, ids_keep))
         x = self.patch_embed(patches)
         x = x + pos.astype(x.dtype)
         if collect is None:

@@ -52,6 +52,10 @@ class LossConfig(Section):
     learnable_temperatures: bool = False  # the tau_* above are then initial values
     adaptive_weights: bool = False  # (alpha, beta, gamma) from per-term gradient norms
     adaptive_tau: float = 1.0
+    # > 0: each modality's patch positions are offset by its own random 0..position_jitter
+    # patches per pair, so CGCL cannot match patch j to patch j by their shared position
+    # embedding alone (it must match content); 0: off
+    position_jitter: int = 0
 
     def validate(self) -> None:
         self.require_one_of("cgcl_impl", CGCL_IMPLS)
@@ -60,6 +64,9 @@ class LossConfig(Section):
         self.require_positive("tau_patch", "tau_global", "tau_cross", "adaptive_tau",
                               "cgcl_chunk_size", "hard_negative_weight")
         self.require_non_negative("hard_negative_radius", "cgcl_weight")
+        self.require(isinstance(self.position_jitter, int) and not isinstance(
+            self.position_jitter, bool) and self.position_jitter >= 0, "position_jitter",
+            "a non-negative int (patches; 0: off)")
         self.require_dtype("cgcl_key_dtype", optional=True)
         if self.learnable_temperatures:
             for name in ("tau_patch", "tau_global", "tau_cross"):

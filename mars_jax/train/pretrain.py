@@ -197,7 +197,7 @@ def make_loss_and_grads(plan: Plan) -> Callable:
                 inputs: Mapping[str, jax.Array]):
         model = nnx.merge(model_def, params, rest)
         out = model(inputs["optical"], inputs["sar"], mask_noise=inputs["mask_noise"],
-                    valid=inputs["valid"])
+                    valid=inputs["valid"], position_offsets=inputs.get("position_offsets"))
         temperatures = model.temperatures() if model.temperatures is not None else None
         return pretraining_loss(out, plan.loss, temperatures=temperatures,
                                 grid_width=grid[1])
@@ -209,6 +209,13 @@ def mask_noise(plan: Plan, seed: int, step: jax.Array, batch_size: int) -> jax.A
     """[B, N] uniform noise of this step's shared masks (smallest noise: visible)."""
     key = jax.random.fold_in(jax.random.key(seed + 1), step)
     return jax.random.uniform(key, (batch_size, plan.grid[0] * plan.grid[1]))
+
+
+def position_offsets(jitter: int, seed: int, step: jax.Array, batch_size: int) -> jax.Array:
+    """[B, 2, 2] int32 offsets in [0, jitter] patches: per pair, the optical's and the SAR's
+    own (rows, columns) shift of their patch positions (``LossConfig.position_jitter``)."""
+    key = jax.random.fold_in(jax.random.key(seed + 3), step)
+    return jax.random.randint(key, (batch_size, 2, 2), 0, jitter + 1, jnp.int32)
 
 
 def accumulated_gradients(loss_and_grads: Callable, params: nnx.State, rest: nnx.State,
@@ -252,8 +259,11 @@ def make_train_step(graphdef: nnx.GraphDef, plan: Plan, seed: int) -> Callable:
         corrupt = batch.pop(CORRUPT_KEY, None)
         model, optimizer = nnx.merge(graphdef, state)
         model_def, params, rest = nnx.split(model, nnx.Param, ...)
-        inputs = dict(batch, mask_noise=mask_noise(plan, seed, step,
-                                                   batch["optical"].shape[0]))
+        size = batch["optical"].shape[0]
+        inputs = dict(batch, mask_noise=mask_noise(plan, seed, step, size))
+        if plan.loss.position_jitter:
+            inputs["position_offsets"] = position_offsets(plan.loss.position_jitter, seed, step,
+                                                          size)
         grads, metrics = accumulated_gradients(loss_and_grads, params, rest, model_def,
                                                inputs, accum, plan.mesh)
         metrics["grad_norm"] = optax.tree.norm(grads)
