@@ -96,6 +96,7 @@ def test_a_bad_jitter_is_named(value):
         Experiment.from_config(config)
 
 
+@pytest.mark.slow  # two whole runs (50 s on 2 cores); the pieces are tested above
 def test_a_jittered_training_run_trains_and_differs_from_an_unjittered_one(tmp_path):
     """``loss.position_jitter`` through the real loop, with accumulated gradients (the offsets
     are cut into micro-batches with the batch)."""
