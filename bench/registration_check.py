@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mars_jax.data.synth import render_pair, warp
 from mars_jax.inference.registration import Image, load_registrar
-from mars_jax.metrics.registration import corner_error
+from mars_jax.metrics.registration import as_matrix, corner_error
 
 EVAL_SEED = 2  # the held-out SynthVHR data set (fine-tuning trains on 1, pretraining on 0)
 
@@ -40,17 +40,12 @@ def extra_transform(dx: float, dy: float, degrees: float, size: int) -> np.ndarr
     return np.hstack([linear, (centre - linear @ centre + [dx, dy])[:, None]])
 
 
-def homogeneous(matrix: np.ndarray) -> np.ndarray:
-    return np.vstack([np.asarray(matrix, np.float64)[:2], [0.0, 0.0, 1.0]])
-
-
-def position_shortcut(registrar, pairs: int, size: int) -> float:
+def position_shortcut(registrar, scenes: list[dict], size: int) -> float:
+    """Each scene's optical image against the SAR of an unrelated one (scene 500 + i)."""
     hits, cells = 0, 0
-    for i in range(pairs):
-        optical = render_pair(EVAL_SEED, 100 + i, size, with_t2=False, with_registration=False)
+    for i, scene in enumerate(scenes):
         other = render_pair(EVAL_SEED, 500 + i, size, with_t2=False, with_registration=False)
-        desc_o, _ = registrar.descriptors(Image(optical["optical"], optical["valid"]),
-                                          "optical")
+        desc_o, _ = registrar.descriptors(Image(scene["optical"], scene["valid"]), "optical")
         desc_s, _ = registrar.descriptors(Image(other["sar"], other["valid"]), "sar")
         dim = desc_o.shape[-1]
         best = np.argmax(desc_o.reshape(-1, dim) @ desc_s.reshape(-1, dim).T, axis=1)
@@ -77,10 +72,10 @@ def main() -> None:
     dx, dy, degrees = (float(v) for v in args.extra.split(","))
     extra = extra_transform(dx, dy, degrees, args.size)
     shape = (args.size, args.size)
+    scenes = [render_pair(EVAL_SEED, 100 + i, args.size, with_t2=False, with_registration=True)
+              for i in range(args.pairs)]
     errors, identity, gaps, inliers = [], [], [], []
-    for i in range(args.pairs):
-        scene = render_pair(EVAL_SEED, 100 + i, args.size, with_t2=False,
-                            with_registration=True)
+    for scene in scenes:
         truth = scene["affine"].astype(np.float64)
         optical = Image(scene["optical"], scene["valid"])
         first = registrar.register(optical, Image(scene["sar_warped"], scene["valid_warped"]))
@@ -96,11 +91,11 @@ def main() -> None:
             continue
         errors.append(corner_error(first.transform, truth, shape))
         gaps.append(corner_error(second.transform,
-                                 (homogeneous(extra) @ homogeneous(first.transform))[:2], shape))
+                                 (as_matrix(extra) @ as_matrix(first.transform))[:2], shape))
     cells = (args.size // registrar.stride) ** 2
     record = {
         "descriptors": registrar.source, "pairs": args.pairs, "size": args.size,
-        "position_shortcut": position_shortcut(registrar, args.pairs, args.size),
+        "position_shortcut": position_shortcut(registrar, scenes, args.size),
         "chance": 1.0 / cells,
         "corner_error": float(np.nanmean(errors)), "identity_corner_error": float(
             np.mean(identity)), "failed": int(np.sum(np.isnan(errors))),

@@ -16,6 +16,15 @@ from mars_jax.models.patches import patchify, take_tokens
 from mars_jax.models.stack import TransformerStack
 
 
+def _sincos_frequencies(dim: int) -> np.ndarray:
+    """``w_k = 10000 ** (-k / (dim / 4))`` for k < dim / 4, float64: each of the two position
+    axes (row, column) takes ``[sin(pos * w), cos(pos * w)]``, half of the channels."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    return 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)
+
+
 @functools.lru_cache(maxsize=64)
 def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int) -> np.ndarray:
     """Fixed 2-D sin-cos embedding, ``[grid_h * grid_w, dim]`` in row-major grid order.
@@ -24,10 +33,7 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int) -> np.ndarr
     ``[sin(pos * w_k), cos(pos * w_k)]`` with ``w_k = 10000 ** (-k / (dim / 4))``. Computed for
     any grid, so one model runs on any image size divisible by the patch size.
     """
-    if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)
+    omega = _sincos_frequencies(dim)
     rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
 
     def encode(pos: np.ndarray) -> np.ndarray:
@@ -42,11 +48,7 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int) -> np.ndarr
 def sincos_2d_position_embedding_at(rows: jax.Array, cols: jax.Array, dim: int) -> jax.Array:
     """``sincos_2d_position_embedding`` at arbitrary grid positions: rows, cols [...] ->
     [..., dim] float32 (equal to the table's rows at integer positions on its grid)."""
-    if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = jnp.asarray(1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter),
-                        jnp.float32)
+    omega = jnp.asarray(_sincos_frequencies(dim), jnp.float32)
 
     def encode(pos: jax.Array) -> jax.Array:
         angles = pos.astype(jnp.float32)[..., None] * omega
